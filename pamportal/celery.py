@@ -1,0 +1,21 @@
+"""The Celery application. Tasks stay thin: they fetch by id and call a service."""
+
+import os
+
+from celery import Celery
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "pamportal.settings")
+
+app = Celery("pamportal")
+app.config_from_object("django.conf:settings", namespace="CELERY")
+app.autodiscover_tasks()
+
+
+@app.on_after_finalize.connect
+def _schedule_periodic(sender, **kwargs):
+    from django.conf import settings
+
+    sender.add_periodic_task(
+        settings.PAM_JOB_REAPER_INTERVAL, sender.signature("pamportal.jobs.tasks.reap_expired_leases"),
+        name="reap expired job leases",
+    )

@@ -1,0 +1,15 @@
+from django.conf import settings
+
+
+def portal(request):
+    user = getattr(request, "user", None)
+    capabilities = set()
+    if user is not None and user.is_authenticated:
+        from pamportal.accounts.roles import capabilities_of
+
+        capabilities = capabilities_of(user)
+    return {
+        "PAM_VERSION": settings.PAM_VERSION,
+        "PAM_NODE_ADDRESS": settings.PAM_NODE_ADDRESS,
+        "can": capabilities,
+    }

@@ -1,0 +1,289 @@
+"""Settings for a pamportal node, read from the environment.
+
+The defaults give a working embedded node (SQLite, kombu's filesystem broker, HTTPS on
+8443, everything under ``PAM_DATA_DIR``). ``DATABASE_URL`` and ``CELERY_BROKER_URL``
+switch to PostgreSQL and Redis; ``PAM_ENV=production`` turns on production settings.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+from datetime import timedelta
+from pathlib import Path
+
+import dj_database_url
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+PAM_ENV = os.environ.get("PAM_ENV", "development")
+PRODUCTION = PAM_ENV == "production"
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    return int(value) if value not in (None, "") else default
+
+
+def _env_float(name: str, default: float) -> float:
+    value = os.environ.get(name)
+    return float(value) if value not in (None, "") else default
+
+
+PAM_DATA_DIR = Path(os.environ.get("PAM_DATA_DIR", BASE_DIR / "var")).resolve()
+PAM_DATA_DIR.mkdir(parents=True, exist_ok=True, mode=0o700)
+PAM_LOG_DIR = PAM_DATA_DIR / "logs"
+PAM_LOG_DIR.mkdir(exist_ok=True, mode=0o700)
+
+
+def _secret_file(path: Path, nbytes: int = 50) -> str:
+    """Read a secret from a 0600 file in the data dir, creating it on first use."""
+    if not path.exists():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(secrets.token_urlsafe(nbytes))
+    return path.read_text().strip()
+
+
+try:
+    SECRET_KEY = os.environ.get("SECRET_KEY") or _secret_file(PAM_DATA_DIR / "secret_key")
+except FileExistsError:  # another process created it between our check and open
+    SECRET_KEY = (PAM_DATA_DIR / "secret_key").read_text().strip()
+
+DEBUG = os.environ.get("PAM_DEBUG", "") == "1" and not PRODUCTION
+
+PAM_VERSION = "1.0.0"
+PAM_HTTPS_PORT = _env_int("PAM_HTTPS_PORT", 8443)
+PAM_BIND_ADDRESS = os.environ.get("PAM_BIND_ADDRESS", "0.0.0.0" if PRODUCTION else "127.0.0.1")
+PAM_NODE_ADDRESS = os.environ.get("PAM_NODE_ADDRESS") or socket.getfqdn() or "localhost"
+PAM_TLS_CERT = PAM_DATA_DIR / "tls" / "node.crt"
+PAM_TLS_KEY = PAM_DATA_DIR / "tls" / "node.key"
+
+ALLOWED_HOSTS = [
+    h.strip()
+    for h in os.environ.get(
+        "PAM_ALLOWED_HOSTS", f"localhost,127.0.0.1,[::1],{PAM_NODE_ADDRESS},{PAM_BIND_ADDRESS}"
+    ).split(",")
+    if h.strip()
+]
+if os.environ.get("PAM_TESTING") == "1":
+    ALLOWED_HOSTS.append("testserver")
+
+INSTALLED_APPS = [
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "whitenoise.runserver_nostatic",
+    "django.contrib.staticfiles",
+    "django_otp",
+    "django_otp.plugins.otp_totp",
+    "axes",
+    "csp",
+    "django_htmx",
+    "pamportal.core",
+    "pamportal.audit",
+    "pamportal.accounts",
+    "pamportal.jobs",
+    "pamportal.nodes",
+    "pamportal.setup",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "pamportal.core.middleware.RequestContextMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django_otp.middleware.OTPMiddleware",
+    "pamportal.core.middleware.AuditActorMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "csp.middleware.CSPMiddleware",
+    "django_htmx.middleware.HtmxMiddleware",
+    "pamportal.setup.middleware.FirstBootMiddleware",
+    "pamportal.accounts.middleware.AccountPolicyMiddleware",
+    # Axes last, as its documentation asks.
+    "axes.middleware.AxesMiddleware",
+]
+
+ROOT_URLCONF = "pamportal.urls"
+WSGI_APPLICATION = "pamportal.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [BASE_DIR / "templates"],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+                "pamportal.core.context_processors.portal",
+            ],
+        },
+    }
+]
+
+# --- Database -------------------------------------------------------------------------
+_default_sqlite = f"sqlite:///{PAM_DATA_DIR / 'pamportal.sqlite3'}"
+DATABASES = {"default": dj_database_url.parse(os.environ.get("DATABASE_URL") or _default_sqlite)}
+if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
+    DATABASES["default"]["OPTIONS"] = {
+        # IMMEDIATE makes every transaction take the write lock at BEGIN, so two writers
+        # queue behind the busy timeout instead of failing on a lock upgrade.
+        "transaction_mode": "IMMEDIATE",
+        "timeout": 20,
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=ON;",
+    }
+    DATABASES["default"]["TEST"] = {"NAME": str(PAM_DATA_DIR / "test.sqlite3")}
+else:
+    DATABASES["default"].setdefault("CONN_MAX_AGE", 60)
+    DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# --- Accounts, sessions, lockout -------------------------------------------------------
+AUTH_USER_MODEL = "accounts.User"
+AUTHENTICATION_BACKENDS = [
+    "axes.backends.AxesStandaloneBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator", "OPTIONS": {"min_length": 12}},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+LOGIN_URL = "accounts:login"
+LOGIN_REDIRECT_URL = "nodes:dashboard"
+
+SESSION_ENGINE = "django.contrib.sessions.backends.db"
+# Idle timeout: the cookie's age restarts at every request, so it expires after this
+# many seconds without one.
+SESSION_COOKIE_AGE = _env_int("PAM_IDLE_TIMEOUT", 15 * 60)
+SESSION_SAVE_EVERY_REQUEST = True
+SESSION_EXPIRE_AT_BROWSER_CLOSE = True
+SESSION_COOKIE_SECURE = True
+SESSION_COOKIE_HTTPONLY = True
+SESSION_COOKIE_SAMESITE = "Strict"
+SESSION_COOKIE_NAME = "pamportal_session"
+CSRF_COOKIE_SECURE = True
+CSRF_COOKIE_HTTPONLY = True
+CSRF_COOKIE_SAMESITE = "Strict"
+CSRF_COOKIE_NAME = "pamportal_csrftoken"
+
+AXES_FAILURE_LIMIT = _env_int("PAM_LOCKOUT_FAILURES", 5)
+AXES_COOLOFF_TIME = timedelta(minutes=_env_int("PAM_LOCKOUT_MINUTES", 15))
+# Lock an account after repeated failures from anywhere, and an address that guesses
+# across accounts.
+AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]
+AXES_RESET_ON_SUCCESS = True
+AXES_LOCKOUT_CALLABLE = "pamportal.accounts.views.locked_out"
+AXES_VERBOSE = False
+AXES_ENABLE_ACCESS_FAILURE_LOG = True
+AXES_SENSITIVE_PARAMETERS = ["password", "otp_token", "token"]
+
+OTP_TOTP_ISSUER = "pamportal"
+
+PAM_SETUP_TOKEN_TTL = timedelta(hours=_env_int("PAM_SETUP_TOKEN_TTL_HOURS", 24))
+
+# --- Security headers ------------------------------------------------------------------
+SECURE_HSTS_SECONDS = 63072000
+SECURE_HSTS_INCLUDE_SUBDOMAINS = True
+SECURE_HSTS_PRELOAD = True
+SECURE_CONTENT_TYPE_NOSNIFF = True
+SECURE_REFERRER_POLICY = "same-origin"
+SECURE_CROSS_ORIGIN_OPENER_POLICY = "same-origin"
+# gunicorn serves TLS itself, so there is no plain-HTTP listener to redirect from; the
+# redirect still guards any other deployment in production.
+SECURE_SSL_REDIRECT = PRODUCTION
+X_FRAME_OPTIONS = "DENY"
+DATA_UPLOAD_MAX_MEMORY_SIZE = 1024 * 1024
+FILE_UPLOAD_MAX_MEMORY_SIZE = 1024 * 1024
+DATA_UPLOAD_MAX_NUMBER_FIELDS = 200
+
+CONTENT_SECURITY_POLICY = {
+    "DIRECTIVES": {
+        "default-src": ["'self'"],
+        "script-src": ["'self'"],
+        "style-src": ["'self'"],
+        "img-src": ["'self'", "data:"],
+        "connect-src": ["'self'"],
+        "font-src": ["'self'"],
+        "object-src": ["'none'"],
+        "base-uri": ["'none'"],
+        "form-action": ["'self'"],
+        "frame-ancestors": ["'none'"],
+    }
+}
+
+# --- Static files ----------------------------------------------------------------------
+STATIC_URL = "/static/"
+STATICFILES_DIRS = [BASE_DIR / "static"]
+STATIC_ROOT = PAM_DATA_DIR / "static"
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {
+        "BACKEND": (
+            "whitenoise.storage.CompressedManifestStaticFilesStorage"
+            if PRODUCTION
+            else "django.contrib.staticfiles.storage.StaticFilesStorage"
+        )
+    },
+}
+WHITENOISE_USE_FINDERS = not PRODUCTION
+
+LANGUAGE_CODE = "en-gb"
+TIME_ZONE = "UTC"
+USE_I18N = False
+USE_TZ = True
+
+# --- Celery ----------------------------------------------------------------------------
+PAM_BROKER_DIR = PAM_DATA_DIR / "broker"
+CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL") or "filesystem://"
+if CELERY_BROKER_URL.startswith("filesystem://"):
+    PAM_BROKER_DIR.mkdir(exist_ok=True, mode=0o700)
+    CELERY_BROKER_TRANSPORT_OPTIONS = {
+        "data_folder_in": str(PAM_BROKER_DIR),
+        "data_folder_out": str(PAM_BROKER_DIR),
+        "store_processed": False,
+    }
+else:
+    CELERY_BROKER_TRANSPORT_OPTIONS = {"visibility_timeout": 3600}
+CELERY_TASK_DEFAULT_QUEUE = os.environ.get("PAM_CELERY_QUEUE", "pamportal")
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = False
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TASK_IGNORE_RESULT = True
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_WORKER_HIJACK_ROOT_LOGGER = False
+CELERY_BEAT_SCHEDULE_FILENAME = str(PAM_DATA_DIR / "celerybeat-schedule")
+
+# Jobs: a running step holds a lease renewed every third of its length; the reaper
+# runs this often and fails (or re-queues) steps whose lease ran out.
+PAM_JOB_LEASE_SECONDS = _env_float("PAM_JOB_LEASE_SECONDS", 60.0)
+PAM_JOB_REAPER_INTERVAL = _env_float("PAM_JOB_REAPER_INTERVAL", 30.0)
+# Extra modules that register job kinds (the test suite adds its own diagnostic job).
+PAM_JOB_PLUGINS = [m for m in os.environ.get("PAM_JOB_PLUGINS", "").split(",") if m]
+
+# --- Logging ---------------------------------------------------------------------------
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "handlers": {
+        "console": {"class": "logging.StreamHandler", "formatter": "plain"},
+        "file": {
+            "class": "logging.handlers.RotatingFileHandler",
+            "filename": str(PAM_LOG_DIR / "pamportal.log"),
+            "maxBytes": 10 * 1024 * 1024,
+            "backupCount": 5,
+            "formatter": "plain",
+        },
+    },
+    "root": {"handlers": ["console", "file"], "level": os.environ.get("PAM_LOG_LEVEL", "INFO")},
+    "loggers": {"axes": {"level": "WARNING"}},
+}

@@ -1,0 +1,18 @@
+"""URL map of the web console."""
+
+from django.urls import include, path
+
+from pamportal.core import views as core_views
+
+urlpatterns = [
+    path("", include("pamportal.nodes.urls")),
+    path("setup/", include("pamportal.setup.urls")),
+    path("account/", include("pamportal.accounts.urls")),
+    path("audit/", include("pamportal.audit.urls")),
+    path("jobs/", include("pamportal.jobs.urls")),
+    path("healthz", core_views.healthz, name="healthz"),
+]
+
+handler403 = "pamportal.core.views.permission_denied"
+handler404 = "pamportal.core.views.not_found"
+handler500 = "pamportal.core.views.server_error"

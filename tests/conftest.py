@@ -1,0 +1,75 @@
+"""Shared fixtures: users of every role (with TOTP where the role needs it), logged-in
+clients, and real node processes."""
+
+from __future__ import annotations
+
+import pytest
+from django_otp.oath import TOTP
+from django_otp.plugins.otp_totp.models import TOTPDevice
+
+from pamportal.accounts.roles import Role
+from tests.support.node import NodeEnv, using_postgres
+
+PASSWORD = "correct horse battery staple"
+
+
+def pytest_collection_modifyitems(config, items):
+    if using_postgres():
+        return
+    skip = pytest.mark.skip(reason="needs PostgreSQL (set DATABASE_URL)")
+    for item in items:
+        if "postgres" in item.keywords:
+            item.add_marker(skip)
+
+
+def totp_now(device: TOTPDevice, offset_steps: int = 0) -> str:
+    totp = TOTP(device.bin_key, device.step, device.t0, device.digits, device.drift)
+    totp.time = totp.time + offset_steps * device.step
+    return f"{totp.token():0{device.digits}d}"
+
+
+@pytest.fixture
+def make_user(db):
+    from django.contrib.auth import get_user_model
+
+    def make(username: str, role: Role, *, totp: bool | None = None, password: str = PASSWORD):
+        user = get_user_model().objects.create_user(username=username, password=password, role=role)
+        if totp is None:
+            totp = role in (Role.APPROVER, Role.ADMINISTRATOR)
+        if totp:
+            TOTPDevice.objects.create(user=user, name="phone", confirmed=True)
+        return user
+
+    return make
+
+
+@pytest.fixture
+def login_client(client):
+    """Log a user in as the login page would, second factor included when enrolled."""
+
+    def login(user, c=None):
+        c = c or client
+        c.force_login(user, backend="django.contrib.auth.backends.ModelBackend")
+        device = TOTPDevice.objects.filter(user=user, confirmed=True).first()
+        if device is not None:
+            session = c.session
+            session["otp_device_id"] = device.persistent_id
+            session.save()
+        return c
+
+    return login
+
+
+@pytest.fixture
+def admin_user(make_user):
+    return make_user("root-admin", Role.ADMINISTRATOR)
+
+
+@pytest.fixture
+def node_env(tmp_path):
+    """A real node's environment; every process it starts is stopped afterwards."""
+    env = NodeEnv(tmp_path / "node")
+    try:
+        yield env
+    finally:
+        env.stop()

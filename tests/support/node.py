@@ -1,0 +1,123 @@
+"""Real node processes for tests: a data dir, a database and a queue of their own.
+
+Each node gets a fresh database (PostgreSQL when ``DATABASE_URL`` is set, otherwise a
+SQLite file in its data dir), so processes never share state with the test database
+and nothing has to be truncated afterwards (the audit table refuses TRUNCATE).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from urllib.parse import urlparse, urlunparse
+
+import psycopg
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def using_postgres() -> bool:
+    return os.environ.get("DATABASE_URL", "").startswith(("postgres://", "postgresql://"))
+
+
+class NodeEnv:
+    def __init__(self, data_dir: Path, **extra_env: str):
+        self.data_dir = data_dir
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.name = "pamportal_node_" + uuid.uuid4().hex[:12]
+        self.processes: list[subprocess.Popen] = []
+        self._pg_admin_url: str | None = None
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("PAM_", "DJANGO_"))}
+        env.update(
+            DJANGO_SETTINGS_MODULE="pamportal.settings",
+            PAM_DATA_DIR=str(data_dir),
+            PAM_CELERY_QUEUE=self.name,
+            PYTHONUNBUFFERED="1",
+        )
+        if using_postgres():
+            url = urlparse(os.environ["DATABASE_URL"])
+            self._pg_admin_url = urlunparse(url._replace(path="/postgres"))
+            with psycopg.connect(self._pg_admin_url, autocommit=True) as conn:
+                conn.execute(f'CREATE DATABASE "{self.name}"')
+            env["DATABASE_URL"] = urlunparse(url._replace(path="/" + self.name))
+        else:
+            env.pop("DATABASE_URL", None)
+        env.update(extra_env)
+        self.env = env
+
+    # -- commands -----------------------------------------------------------------
+    def manage(self, *args: str, timeout: float = 120, check: bool = True, input: str | None = None):
+        result = subprocess.run(
+            [sys.executable, str(REPO / "manage.py"), *args],
+            cwd=REPO, env=self.env, capture_output=True, text=True, timeout=timeout, input=input,
+        )
+        if check and result.returncode != 0:
+            raise AssertionError(f"manage.py {' '.join(args)} exited {result.returncode}:\n{result.stdout}\n{result.stderr}")
+        return result
+
+    def shell(self, code: str, timeout: float = 120) -> str:
+        """Run Python inside the node's Django and return what it printed."""
+        return self.manage("shell", "-c", code, timeout=timeout).stdout
+
+    def spawn(self, args: list[str], log_name: str) -> subprocess.Popen:
+        log = open(self.data_dir / f"{log_name}.log", "ab")
+        proc = subprocess.Popen(
+            args, cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        log.close()
+        self.processes.append(proc)
+        return proc
+
+    def start_worker(self, *, beat: bool = True, name: str = "worker") -> subprocess.Popen:
+        args = [
+            sys.executable, "-m", "celery", "-A", "pamportal", "worker", "--loglevel", "INFO",
+            "--concurrency", "1", "--hostname", f"{name}-{uuid.uuid4().hex[:6]}@%h", "-Q", self.name,
+        ]
+        if beat:
+            args += ["--beat", "--schedule", str(self.data_dir / f"beat-{name}")]
+        return self.spawn(args, name)
+
+    def log(self, name: str) -> str:
+        path = self.data_dir / f"{name}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    @staticmethod
+    def kill(proc: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
+        """Signal the whole process group (a Celery worker's pool children too)."""
+        if proc.poll() is None:
+            try:
+                os.killpg(proc.pid, sig)
+            except ProcessLookupError:
+                pass
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
+
+    def stop(self) -> None:
+        for proc in self.processes:
+            if proc.poll() is None:
+                self.kill(proc, signal.SIGTERM)
+        self.processes.clear()
+        if self._pg_admin_url:
+            with psycopg.connect(self._pg_admin_url, autocommit=True) as conn:
+                conn.execute(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
+            self._pg_admin_url = None
+
+
+def wait_for(predicate, *, timeout: float, interval: float = 0.25, what: str = "condition"):
+    """Poll ``predicate`` until it returns something truthy; bounded in time."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        time.sleep(interval)
