@@ -40,10 +40,10 @@ SQLITE_REVERSE = [
 def forward(apps, schema_editor):
     connection = schema_editor.connection
     if connection.vendor == "postgresql":
-        schema_editor.execute(PG_FORWARD)
+        schema_editor.execute(PG_FORWARD, params=None)
     elif connection.vendor == "sqlite":
         for statement in SQLITE_FORWARD:
-            schema_editor.execute(statement)
+            schema_editor.execute(statement, params=None)
     else:  # pragma: no cover - only PostgreSQL and SQLite are supported
         raise RuntimeError(f"no append-only triggers for {connection.vendor}")
 
@@ -52,7 +52,7 @@ def reverse(apps, schema_editor):
     connection = schema_editor.connection
     statements = [PG_REVERSE] if connection.vendor == "postgresql" else SQLITE_REVERSE
     for statement in statements:
-        schema_editor.execute(statement)
+        schema_editor.execute(statement, params=None)
 
 
 class Migration(migrations.Migration):
