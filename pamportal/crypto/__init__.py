@@ -1,0 +1,1 @@
+"""Pure cryptographic formats (no Django): certificates now; MEK, licence and bundles later."""
