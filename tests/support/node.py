@@ -121,3 +121,47 @@ def wait_for(predicate, *, timeout: float, interval: float = 0.25, what: str = "
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(interval)
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def https_get(url: str, timeout: float = 5.0) -> tuple[int, str]:
+    """GET over HTTPS without verifying the node's self-signed certificate."""
+    import ssl
+    import urllib.error
+    import urllib.request
+
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    try:
+        with urllib.request.urlopen(url, timeout=timeout, context=context) as response:
+            return response.status, response.read().decode("utf-8", "replace")
+    except urllib.error.HTTPError as error:
+        return error.code, error.read().decode("utf-8", "replace")
+
+
+def start_node(env: NodeEnv, *, host: str = "127.0.0.1", port: int | None = None) -> str:
+    """Migrate, create the TLS certificate and start `manage.py serve` (console and
+    worker), as `make run` does. Returns the console's base URL once it answers."""
+    port = port or free_port(host)
+    env.env.update(PAM_BIND_ADDRESS=host, PAM_HTTPS_PORT=str(port), PAM_NODE_ADDRESS=host)
+    env.manage("migrate", "--noinput")
+    env.manage("tls_ensure")
+    env.spawn([sys.executable, str(REPO / "manage.py"), "serve", "--workers", "1", "--concurrency", "1"], "serve")
+    base = f"https://{host}:{port}"
+
+    def answers():
+        try:
+            return https_get(base + "/healthz", timeout=2)[0] == 200
+        except OSError:
+            return False
+
+    wait_for(answers, timeout=60, what=f"the console at {base}")
+    return base
