@@ -16,6 +16,10 @@ def _schedule_periodic(sender, **kwargs):
     from django.conf import settings
 
     sender.add_periodic_task(
-        settings.PAM_JOB_REAPER_INTERVAL, sender.signature("pamportal.jobs.tasks.reap_expired_leases"),
+        settings.PAM_JOB_REAPER_INTERVAL, sender.signature(
+            "pamportal.jobs.tasks.reap_expired_leases",
+            # A reap that waited longer than one interval is superseded by the next.
+            expires=settings.PAM_JOB_REAPER_INTERVAL,
+        ),
         name="reap expired job leases",
     )

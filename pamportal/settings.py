@@ -250,6 +250,7 @@ if CELERY_BROKER_URL.startswith("filesystem://"):
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         "data_folder_in": str(PAM_BROKER_DIR),
         "data_folder_out": str(PAM_BROKER_DIR),
+        "control_folder": str(PAM_BROKER_DIR / "control"),
         "store_processed": False,
     }
 else:

@@ -1,7 +1,8 @@
 """Account policy enforced on every page: approvers and administrators enrol TOTP
-before anything else, a verified second factor is required once enrolled, and a reset
+before anything else, a session of a user with TOTP must have passed it, and a reset
 password must be changed first."""
 
+from django.contrib import auth, messages
 from django.shortcuts import redirect
 from django.urls import reverse
 from django_otp.plugins.otp_totp.models import TOTPDevice
@@ -15,16 +16,23 @@ class AccountPolicyMiddleware:
 
     def __call__(self, request):
         user = request.user
-        if user.is_authenticated and not request.path.startswith(_ALWAYS_OPEN):
-            allowed = {reverse("accounts:logout"), reverse("accounts:totp_enrol"), reverse("accounts:password_change")}
-            if request.path not in allowed:
-                has_device = TOTPDevice.objects.filter(user=user, confirmed=True).exists()
-                if user.totp_required and not has_device:
-                    return redirect("accounts:totp_enrol")
-                if has_device and not user.is_verified():
-                    # Logged in without the second factor (cannot happen through the
-                    # login page): start again.
-                    return redirect("accounts:logout")
-                if user.must_change_password:
-                    return redirect("accounts:password_change")
+        if not user.is_authenticated or request.path.startswith(_ALWAYS_OPEN):
+            return self.get_response(request)
+        if request.path == reverse("accounts:logout"):
+            return self.get_response(request)
+        # A verified session has a device; only an unverified one needs the query.
+        verified = user.is_verified()
+        has_device = verified or TOTPDevice.objects.filter(user=user, confirmed=True).exists()
+        if has_device and not verified:
+            # A session without the second factor (the login page never makes one):
+            # end it here rather than send a GET to the POST-only logout.
+            auth.logout(request)
+            messages.error(request, "Your session had not passed the 6-digit code check. Log in again.")
+            return redirect("accounts:login")
+        if request.path in (reverse("accounts:totp_enrol"), reverse("accounts:password_change")):
+            return self.get_response(request)
+        if user.totp_required and not has_device:
+            return redirect("accounts:totp_enrol")
+        if user.must_change_password:
+            return redirect("accounts:password_change")
         return self.get_response(request)

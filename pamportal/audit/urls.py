@@ -1,6 +1,9 @@
 from django.urls import path
 
-from pamportal.accounts.views import placeholder
+from . import views
 
 app_name = "audit"
-urlpatterns = [path("", placeholder, name="list")]
+urlpatterns = [
+    path("", views.event_list, name="list"),
+    path("<int:position>/", views.event_detail, name="detail"),
+]

@@ -54,6 +54,15 @@ class Step(models.Model):
         return f"{self.job_id}.{self.index} {self.name}"
 
     @property
+    def duration(self):
+        """How long the step ran (so far, while running); None before it started."""
+        if self.started_at is None:
+            return None
+        from django.utils import timezone
+
+        return (self.finished_at or timezone.now()) - self.started_at
+
+    @property
     def is_terminal(self) -> bool:
         return self.status in TERMINAL
 

@@ -1,6 +1,9 @@
 from django.urls import path
 
-from pamportal.accounts.views import placeholder
+from . import views
 
 app_name = "nodes"
-urlpatterns = [path("", placeholder, name="dashboard")]
+urlpatterns = [
+    path("", views.dashboard, name="dashboard"),
+    path("node/collect-facts/", views.collect_facts, name="collect_facts"),
+]

@@ -1,0 +1,359 @@
+"""Everything that changes an account: logging in and out, TOTP enrolment, password
+changes and the administrators' user management. Each change writes its audit event
+in the same transaction: no audit, no action."""
+
+from __future__ import annotations
+
+import secrets
+import string
+from dataclasses import dataclass
+from functools import wraps
+
+from axes.handlers.proxy import AxesProxyHandler
+from django.conf import settings
+from django.contrib import auth
+from django.contrib.auth import get_user_model
+from django.contrib.auth.signals import user_login_failed
+from django.contrib.sessions.models import Session
+from django.db import transaction
+from django.http import HttpRequest
+from django.utils import timezone
+from django_otp import login as otp_login
+from django_otp.plugins.otp_totp.models import TOTPDevice
+
+from pamportal.audit.actions import AuditAction, Outcome
+from pamportal.audit.services import audit_record
+
+from .roles import Role
+
+User = get_user_model()
+
+# Characters of a temporary password: no look-alikes (0/O, 1/l/I) for reading it out.
+_TEMP_ALPHABET = "".join(c for c in string.ascii_letters + string.digits if c not in "0O1lI")
+
+
+class AccountRefused(Exception):
+    """An account change that policy refuses; the message is for the operator."""
+
+    def __init__(self, message: str, *, action: AuditAction, target: str, reason: str):
+        super().__init__(message)
+        self.message = message
+        self.action = action
+        self.target = target
+        self.reason = reason
+
+
+def _audited_refusals(service):
+    """Run ``service`` in its own transaction; when it refuses, everything it did is
+    rolled back and only the refusal is recorded (outcome denied), then re-raised."""
+
+    atomic_service = transaction.atomic(service)
+
+    @wraps(service)
+    def wrapper(**kwargs):
+        try:
+            return atomic_service(**kwargs)
+        except AccountRefused as refused:
+            audit_record(
+                action=refused.action,
+                target=refused.target,
+                outcome=Outcome.DENIED,
+                details={"reason": refused.reason},
+            )
+            raise
+
+    return wrapper
+
+
+def _target(user) -> str:
+    return f"user:{user.get_username()}"
+
+
+def _lock_user(user_id: int, action: AuditAction):
+    try:
+        return User.objects.select_for_update().get(pk=user_id)
+    except (User.DoesNotExist, ValueError, TypeError):
+        raise AccountRefused("There is no such user.", action=action, target=f"user#{user_id}", reason="no such user") from None
+
+
+def _end_sessions(user) -> int:
+    """Delete every live session of ``user``. Sessions are few on a console (they
+    expire after the idle timeout), so scanning them is cheap and never misses one."""
+    keys = [
+        session.session_key
+        for session in Session.objects.filter(expire_date__gt=timezone.now())
+        if session.get_decoded().get(auth.SESSION_KEY) == str(user.pk)
+    ]
+    if keys:
+        Session.objects.filter(session_key__in=keys).delete()
+    return len(keys)
+
+
+def temporary_password() -> str:
+    return "-".join("".join(secrets.choice(_TEMP_ALPHABET) for _ in range(5)) for _ in range(4))
+
+
+def lockout_minutes() -> int:
+    cool_off = settings.AXES_COOLOFF_TIME
+    return int(cool_off.total_seconds() // 60) if cool_off else 0
+
+
+# --- Logging in and out -----------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LoginResult:
+    user: object | None = None
+    error: str = ""
+    locked_out: bool = False
+
+
+@transaction.atomic
+def session_login(*, request: HttpRequest, username: str, password: str, code: str) -> LoginResult:
+    """Password through axes (which counts failures and locks), then the TOTP code for
+    users who have enrolled one. A wrong code counts as a failed login for axes."""
+    response_context: dict = {}
+    user = auth.authenticate(request, username=username, password=password, response_context=response_context)
+    if response_context.get("error"):
+        # Axes refused before the password was checked; its lockout signal records the
+        # event and its middleware answers with the lockout page.
+        return LoginResult(locked_out=True)
+    if user is None:
+        audit_record(
+            action=AuditAction.LOGIN_FAILED,
+            target=f"user:{username}"[:160],
+            outcome=Outcome.DENIED,
+            details={"reason": "wrong username or password"},
+            actor_name=username[:150] or "anonymous",
+        )
+        return LoginResult(
+            error="The username or password is not correct.",
+            locked_out=bool(getattr(request, "axes_locked_out", False)),
+        )
+
+    device = TOTPDevice.objects.filter(user=user, confirmed=True).order_by("pk").first()
+    if device is not None:
+        allowed, info = device.verify_is_allowed()
+        if not allowed:
+            reason = "too many wrong codes in a row"
+            error = "Too many wrong codes in a row. Wait a few seconds and enter the current code."
+        elif not code:
+            reason = "no code given"
+            error = "Enter the 6-digit code from your authenticator app."
+        elif not device.verify_token(code):
+            reason = "wrong or reused code"
+            error = "The 6-digit code is not correct (or was already used). Check your phone's clock and enter the current code."
+        else:
+            reason = ""
+        if reason:
+            audit_record(
+                action=AuditAction.TOTP_REJECTED,
+                target=_target(user),
+                outcome=Outcome.DENIED,
+                details={"stage": "login", "reason": reason},
+                actor_id=user.pk,
+                actor_name=user.get_username(),
+            )
+            user_login_failed.send(sender=__name__, credentials={"username": username}, request=request)
+            return LoginResult(error=error, locked_out=bool(getattr(request, "axes_locked_out", False)))
+
+    session_start(request=request, user=user, device=device, via="login page")
+    return LoginResult(user=user)
+
+
+@transaction.atomic
+def session_start(*, request: HttpRequest, user, device: TOTPDevice | None, via: str) -> None:
+    """Log ``user`` in on a new session key, verified with ``device`` when given."""
+    auth.login(request, user, backend="django.contrib.auth.backends.ModelBackend")
+    if device is not None:
+        otp_login(request, device)
+    audit_record(
+        action=AuditAction.LOGIN_SUCCEEDED,
+        target=_target(user),
+        details={"second_factor": "totp" if device is not None else "none", "via": via},
+        actor_id=user.pk,
+        actor_name=user.get_username(),
+    )
+
+
+@transaction.atomic
+def session_logout(*, request: HttpRequest) -> None:
+    user = request.user
+    if user.is_authenticated:
+        audit_record(action=AuditAction.LOGOUT, target=_target(user))
+    auth.logout(request)
+
+
+def locked_out_record(*, username: str, ip_address: str) -> None:
+    """Axes locked an account or address out (called from its signal, once per refused
+    attempt)."""
+    audit_record(
+        action=AuditAction.LOGIN_LOCKED_OUT,
+        target=f"user:{username}"[:160] if username else f"ip:{ip_address}",
+        outcome=Outcome.DENIED,
+        details={"username": username or "", "ip_address": ip_address or "", "minutes": lockout_minutes()},
+        actor_name=(username or "anonymous")[:150],
+    )
+
+
+# --- Own account ------------------------------------------------------------------------
+
+
+@transaction.atomic
+def totp_enrol_start(*, user) -> TOTPDevice:
+    """The unconfirmed device being enrolled; the same one (and secret) until confirmed,
+    so reloading the page does not invalidate a QR code already scanned."""
+    device = TOTPDevice.objects.filter(user=user, confirmed=False).order_by("-pk").first()
+    if device is None:
+        device = TOTPDevice.objects.create(user=user, name="authenticator", confirmed=False)
+    return device
+
+
+@dataclass(frozen=True)
+class EnrolResult:
+    ok: bool
+    error: str = ""
+
+
+@transaction.atomic
+def totp_enrol_confirm(*, request: HttpRequest, device: TOTPDevice, code: str) -> EnrolResult:
+    user = request.user
+    device = TOTPDevice.objects.select_for_update().get(pk=device.pk, user=user, confirmed=False)
+    allowed, _info = device.verify_is_allowed()
+    if not allowed:
+        reason, error = "too many wrong codes in a row", "Too many wrong codes in a row. Wait a few seconds and try the current code."
+    elif not code:
+        reason, error = "no code given", "Enter the 6-digit code your authenticator app shows."
+    elif not device.verify_token(code):
+        reason = "wrong code"
+        error = "That code does not match. Check that your phone's clock is right and enter the current 6-digit code."
+    else:
+        reason = error = ""
+    if reason:
+        audit_record(
+            action=AuditAction.TOTP_REJECTED,
+            target=_target(user),
+            outcome=Outcome.DENIED,
+            details={"stage": "enrolment", "reason": reason},
+        )
+        return EnrolResult(ok=False, error=error)
+    device.confirmed = True
+    device.save(update_fields=["confirmed"])
+    TOTPDevice.objects.filter(user=user).exclude(pk=device.pk).delete()
+    otp_login(request, device)
+    audit_record(action=AuditAction.TOTP_ENROLLED, target=_target(user))
+    return EnrolResult(ok=True)
+
+
+@transaction.atomic
+def password_change(*, user, new_password: str) -> None:
+    """The caller has checked the old password and the password validators."""
+    user = User.objects.select_for_update().get(pk=user.pk)
+    user.set_password(new_password)
+    user.must_change_password = False
+    user.save(update_fields=["password", "must_change_password"])
+    audit_record(action=AuditAction.PASSWORD_CHANGED, target=_target(user))
+
+
+# --- User administration ----------------------------------------------------------------
+
+
+@_audited_refusals
+def user_create(*, username: str, role: Role | str, password: str):
+    """Create a user with an initial password, which they must change at first login."""
+    role = Role(role)
+    if User.objects.filter(username__iexact=username).exists():
+        raise AccountRefused(
+            f"A user named “{username}” already exists.",
+            action=AuditAction.USER_CREATED,
+            target=f"user:{username}",
+            reason="username taken",
+        )
+    user = User.objects.create_user(username=username, password=password, role=role, must_change_password=True)
+    audit_record(action=AuditAction.USER_CREATED, target=_target(user), details={"role": role.value})
+    return user
+
+
+def _refuse_if_last_administrator(user, action: AuditAction, verb: str) -> None:
+    if user.role != Role.ADMINISTRATOR or not user.is_active:
+        return
+    others = User.objects.select_for_update().filter(role=Role.ADMINISTRATOR, is_active=True).exclude(pk=user.pk)
+    if not others.exists():
+        raise AccountRefused(
+            f"{user.get_username()} is the only active administrator; {verb} them would leave nobody to manage the node.",
+            action=action,
+            target=_target(user),
+            reason="last active administrator",
+        )
+
+
+def _refuse_self(user, actor, action: AuditAction, message: str) -> None:
+    if actor is not None and actor.pk == user.pk:
+        raise AccountRefused(message, action=action, target=_target(user), reason="own account")
+
+
+@_audited_refusals
+def user_disable(*, actor, user_id: int):
+    """Disable a user and end their sessions at once."""
+    user = _lock_user(user_id, AuditAction.USER_DISABLED)
+    _refuse_self(user, actor, AuditAction.USER_DISABLED, "You cannot disable your own account.")
+    _refuse_if_last_administrator(user, AuditAction.USER_DISABLED, "disabling")
+    if not user.is_active:
+        raise AccountRefused(
+            f"{user.get_username()} is already disabled.",
+            action=AuditAction.USER_DISABLED,
+            target=_target(user),
+            reason="already disabled",
+        )
+    user.is_active = False
+    user.save(update_fields=["is_active"])
+    ended = _end_sessions(user)
+    audit_record(action=AuditAction.USER_DISABLED, target=_target(user), details={"sessions_ended": ended})
+    return user
+
+
+@_audited_refusals
+def user_enable(*, actor, user_id: int):
+    user = _lock_user(user_id, AuditAction.USER_ENABLED)
+    if user.is_active:
+        raise AccountRefused(
+            f"{user.get_username()} is already enabled.",
+            action=AuditAction.USER_ENABLED,
+            target=_target(user),
+            reason="already enabled",
+        )
+    user.is_active = True
+    user.save(update_fields=["is_active"])
+    audit_record(action=AuditAction.USER_ENABLED, target=_target(user))
+    return user
+
+
+@_audited_refusals
+def user_reset(*, actor, user_id: int):
+    """A new temporary password (returned once, never stored in clear), TOTP devices
+    removed so the user enrols again, and their sessions ended."""
+    user = _lock_user(user_id, AuditAction.USER_RESET)
+    _refuse_self(
+        user, actor, AuditAction.USER_RESET, "You cannot reset your own account; change your password instead."
+    )
+    password = temporary_password()
+    user.set_password(password)
+    user.must_change_password = True
+    user.save(update_fields=["password", "must_change_password"])
+    removed, _ = TOTPDevice.objects.filter(user=user).delete()
+    ended = _end_sessions(user)
+    audit_record(
+        action=AuditAction.USER_RESET,
+        target=_target(user),
+        details={"totp_devices_removed": removed, "sessions_ended": ended},
+    )
+    return user, password
+
+
+@_audited_refusals
+def user_unlock(*, actor, user_id: int):
+    """Clear axes' failed attempts for this username, ending its lockout."""
+    user = _lock_user(user_id, AuditAction.USER_UNLOCKED)
+    cleared = AxesProxyHandler.reset_attempts(username=user.get_username())
+    audit_record(action=AuditAction.USER_UNLOCKED, target=_target(user), details={"attempt_records_cleared": cleared})
+    return user, cleared

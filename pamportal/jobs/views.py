@@ -1,0 +1,69 @@
+"""Job pages: the list, one job with live progress, and run again / cancel."""
+
+from __future__ import annotations
+
+from django.contrib import messages
+from django.core.paginator import Paginator
+from django.shortcuts import get_object_or_404, redirect, render
+from django.views.decorators.http import require_GET, require_POST
+from django_htmx.http import HttpResponseStopPolling
+
+from pamportal.accounts.decorators import require_capability
+
+from . import selectors, services
+from .models import Job
+
+
+@require_capability("jobs.view")
+@require_GET
+def job_list(request):
+    page = Paginator(selectors.job_list(), 50).get_page(request.GET.get("page"))
+    return render(request, "jobs/list.html", {"page": page})
+
+
+@require_capability("jobs.view")
+@require_GET
+def job_detail(request, pk: int):
+    job = get_object_or_404(Job.objects.select_related("created_by"), pk=pk)
+    return render(request, "jobs/detail.html", {"job": job, "progress": selectors.job_progress(job)})
+
+
+@require_capability("jobs.view")
+@require_GET
+def job_progress(request, pk: int):
+    """The progress partial that pages poll; 286 (stop polling) once the job is over."""
+    job = get_object_or_404(Job, pk=pk)
+    refresh = request.GET.get("refresh") == "1"
+    context = {"job": job, "progress": selectors.job_progress(job), "refresh_on_finish": refresh}
+    if not job.is_terminal:
+        return render(request, "jobs/_progress.html", context)
+    response = HttpResponseStopPolling(render(request, "jobs/_progress.html", context).content)
+    if refresh and request.htmx:
+        response["HX-Refresh"] = "true"  # the embedding page (the dashboard) shows the result
+    return response
+
+
+@require_capability("jobs.run")
+@require_POST
+def job_rerun(request, pk: int):
+    job = get_object_or_404(Job, pk=pk)
+    try:
+        services.job_rerun(job_id=job.pk, user=request.user)
+    except services.IllegalTransition as exc:
+        messages.error(request, f"This job cannot be run again: {exc}.")
+    else:
+        messages.success(request, f"Job #{job.pk} is queued to run again.")
+    return redirect("jobs:detail", pk=job.pk)
+
+
+@require_capability("jobs.run")
+@require_POST
+def job_cancel(request, pk: int):
+    job = get_object_or_404(Job, pk=pk)
+    try:
+        services.job_cancel(job_id=job.pk, user=request.user)
+    except services.IllegalTransition as exc:
+        messages.error(request, f"This job cannot be cancelled: {exc}.")
+    else:
+        messages.success(request, f"Job #{job.pk} is cancelled.")
+    return redirect("jobs:detail", pk=job.pk)

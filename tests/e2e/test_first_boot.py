@@ -1,0 +1,70 @@
+"""An operator's first boot, in a real browser against a real node (console + worker)."""
+
+import base64
+import re
+
+import pytest
+from django_otp.oath import TOTP
+from playwright.sync_api import Page, expect
+
+from tests.support.node import start_node
+
+pytestmark = [pytest.mark.browser, pytest.mark.processes]
+
+PASSWORD = "a long and unusual passphrase 42"
+
+
+def totp_code(secret_base32: str, offset_steps: int = 0) -> str:
+    secret = secret_base32.replace(" ", "").upper()
+    key = base64.b32decode(secret + "=" * (-len(secret) % 8))
+    totp = TOTP(key, step=30, digits=6)
+    totp.time = totp.time + offset_steps * 30
+    return f"{totp.token():06d}"
+
+
+def test_first_boot_to_dashboard_with_facts(node_env, page: Page):
+    page.set_default_timeout(20_000)
+    base = start_node(node_env)
+    printed = node_env.manage("setup_token").stdout
+    token = re.search(r"Setup token: (\S+)", printed).group(1)
+
+    # Every page leads to the setup wizard while no administrator exists.
+    page.goto(base + "/")
+    expect(page).to_have_url(re.compile(r"/setup/"))
+
+    # A wrong token is refused with a reason; the right one lets the operator on.
+    page.get_by_label("Setup token").fill("WRONG-TOKEN")
+    page.get_by_role("button", name="Continue").click()
+    expect(page.get_by_role("alert")).to_contain_text("not the setup token")
+    page.get_by_label("Setup token").fill(token)
+    page.get_by_role("button", name="Continue").click()
+
+    page.get_by_label("Username").fill("first-admin")
+    page.get_by_label("Password", exact=True).fill(PASSWORD)
+    page.get_by_label("Password again").fill(PASSWORD)
+    page.get_by_role("button", name=re.compile("Continue|Next")).click()
+
+    secret = page.locator(".secret").inner_text()
+    expect(page.locator(".qr svg")).to_be_visible()
+    page.get_by_label("6-digit code").fill(totp_code(secret))
+    page.get_by_role("button", name="Create the administrator").click()
+
+    # Logged in: the dashboard of this standalone node.
+    expect(page.get_by_role("heading", level=1)).to_contain_text("127.0.0.1")
+    expect(page.get_by_text("standalone")).to_be_visible()
+
+    page.get_by_role("button", name="Log out").click()
+    expect(page).to_have_url(re.compile(r"/account/login/"))
+
+    page.get_by_label("Username").fill("first-admin")
+    page.get_by_label("Password").fill(PASSWORD)
+    # The code of the next time step: django-otp refuses a code used once already.
+    page.get_by_label("6-digit code").fill(totp_code(secret, offset_steps=1))
+    page.get_by_role("button", name="Log in").click()
+
+    # The facts job started at setup has run on the worker; the dashboard shows them.
+    facts = page.locator("#node-facts")
+    expect(facts).to_contain_text("CPU", timeout=60_000)
+    expect(facts).to_contain_text("Python")
+    expect(facts).to_contain_text("Django")
+    expect(facts).to_contain_text("listening", ignore_case=True)

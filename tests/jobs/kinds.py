@@ -1,0 +1,66 @@
+"""Job kinds used by the in-process engine tests. Each step records its calls."""
+
+from __future__ import annotations
+
+from collections import Counter
+from datetime import timedelta
+
+from django.utils import timezone
+
+from pamportal.jobs import services
+from pamportal.jobs.registry import JobKind, StepSpec, register
+
+CALLS: Counter = Counter()
+NESTED: list[str] = []
+
+
+def _one(ctx):
+    CALLS["one"] += 1
+    ctx.log("one ran")
+    return {"one": 1}
+
+
+def _two(ctx):
+    CALLS["two"] += 1
+    ctx.log("two ran")
+    return {"two": 2}
+
+
+def _boom(ctx):
+    CALLS["boom"] += 1
+    ctx.log("about to fail")
+    raise RuntimeError("disk on fire")
+
+
+def _reenter(ctx):
+    """While this step holds its lease, the queue delivers the job again to another worker."""
+    CALLS["reenter"] += 1
+    NESTED.append(services.job_execute(job_id=ctx.job.pk, worker_id="worker-B"))
+    return {"reentered": True}
+
+
+def _reaped_meanwhile(ctx):
+    """The worker is so slow that its lease expires and the reaper acts while it runs."""
+    CALLS["slow"] += 1
+    services.leases_reap(now=timezone.now() + timedelta(hours=1))
+    return {"late": True}
+
+
+PLAIN = register(JobKind("test.plain", "Plain test job", (StepSpec("one", "One", _one), StepSpec("two", "Two", _two))))
+RETRYABLE = register(
+    JobKind("test.retryable", "Retryable test job",
+            (StepSpec("one", "One", _one, max_attempts=2), StepSpec("two", "Two", _two, max_attempts=2)))
+)
+FAILING = register(JobKind("test.failing", "Failing test job", (StepSpec("boom", "Boom", _boom), StepSpec("two", "Two", _two))))
+REENTRANT = register(
+    JobKind("test.reentrant", "Re-entrant test job", (StepSpec("reenter", "Re-enter", _reenter), StepSpec("two", "Two", _two)))
+)
+REAPED = register(
+    JobKind("test.reaped", "Reaped-while-running test job",
+            (StepSpec("slow", "Slow", _reaped_meanwhile), StepSpec("two", "Two", _two)))
+)
+
+
+def reset() -> None:
+    CALLS.clear()
+    NESTED.clear()
