@@ -1,0 +1,144 @@
+"""Every URL × every role (and anonymous) gets the expected answer.
+
+A new URL without a row here fails ``test_matrix_covers_every_url``, so no view can
+be added without deciding who may use it.
+"""
+
+from __future__ import annotations
+
+import pytest
+from django.urls import URLPattern, URLResolver, get_resolver, reverse
+
+from pamportal.accounts.roles import Role
+from pamportal.audit.actions import AuditAction
+from pamportal.audit.services import audit_record
+from pamportal.jobs.choices import Status
+from pamportal.jobs.services import job_create
+from pamportal.nodes.facts import KIND as FACTS_KIND
+
+ANON, VIEWER, OPERATOR, APPROVER, ADMIN = "anonymous", "viewer", "operator", "approver", "administrator"
+ROLES = (ANON, VIEWER, OPERATOR, APPROVER, ADMIN)
+
+
+def everyone(code):
+    return dict.fromkeys(ROLES, code)
+
+
+def signed_in(code, anonymous=302):
+    return {ANON: anonymous, VIEWER: code, OPERATOR: code, APPROVER: code, ADMIN: code}
+
+
+def only(allowed: set[str], ok: int, *, denied: int = 403):
+    return {role: (302 if role == ANON else ok if role in allowed else denied) for role in ROLES}
+
+
+RUNNERS = {OPERATOR, ADMIN}
+
+# (url name, method, kwargs kind) -> expected status per role
+MATRIX: dict[tuple[str, str], dict[str, int]] = {
+    ("healthz", "GET"): everyone(200),
+    ("nodes:dashboard", "GET"): signed_in(200),
+    ("nodes:collect_facts", "POST"): only(RUNNERS, 302),
+    ("nodes:collect_facts", "GET"): only(RUNNERS, 405),
+    # After setup the wizard only says that setup is complete.
+    ("setup:start", "GET"): everyone(200),
+    ("setup:token", "GET"): everyone(302),
+    ("setup:token", "POST"): everyone(403),
+    ("setup:administrator", "GET"): everyone(302),
+    ("setup:totp", "GET"): everyone(302),
+    ("accounts:login", "GET"): {**signed_in(302), ANON: 200},
+    ("accounts:logout", "POST"): everyone(302),
+    ("accounts:logout", "GET"): everyone(405),
+    ("accounts:totp_enrol", "GET"): signed_in(200),
+    ("accounts:password_change", "GET"): signed_in(200),
+    ("accounts:user_list", "GET"): only({ADMIN}, 200),
+    ("accounts:user_create", "GET"): only({ADMIN}, 200),
+    ("accounts:user_disable", "POST"): only({ADMIN}, 302),
+    ("accounts:user_enable", "POST"): only({ADMIN}, 302),
+    ("accounts:user_reset", "POST"): only({ADMIN}, 200),
+    ("accounts:user_unlock", "POST"): only({ADMIN}, 302),
+    # Method checks come first on the user actions: a GET changes nothing for anyone.
+    ("accounts:user_disable", "GET"): everyone(405),
+    ("audit:list", "GET"): only({ADMIN}, 200),
+    ("audit:detail", "GET"): only({ADMIN}, 200),
+    ("jobs:list", "GET"): signed_in(200),
+    ("jobs:detail", "GET"): signed_in(200),
+    ("jobs:progress", "GET"): signed_in(200),
+    ("jobs:rerun", "POST"): only(RUNNERS, 302),
+    ("jobs:cancel", "POST"): only(RUNNERS, 302),
+    ("jobs:rerun", "GET"): only(RUNNERS, 405),
+}
+
+
+def _all_url_names() -> set[str]:
+    names: set[str] = set()
+
+    def walk(resolver: URLResolver, namespace: str = ""):
+        for pattern in resolver.url_patterns:
+            if isinstance(pattern, URLResolver):
+                ns = f"{namespace}{pattern.namespace}:" if pattern.namespace else namespace
+                walk(pattern, ns)
+            elif isinstance(pattern, URLPattern) and pattern.name:
+                names.add(namespace + pattern.name)
+
+    walk(get_resolver())
+    return names
+
+
+def test_matrix_covers_every_url():
+    covered = {name for name, _ in MATRIX}
+    assert _all_url_names() - covered == set(), "add these URLs to the role matrix"
+    assert covered - _all_url_names() == set(), "the matrix names URLs that do not exist"
+
+
+@pytest.fixture
+def world(make_user):
+    users = {
+        VIEWER: make_user("matrix-viewer", Role.VIEWER),
+        OPERATOR: make_user("matrix-operator", Role.OPERATOR),
+        APPROVER: make_user("matrix-approver", Role.APPROVER),
+        ADMIN: make_user("matrix-admin", Role.ADMINISTRATOR),
+    }
+    target = make_user("matrix-target", Role.VIEWER)
+    audit_record(action=AuditAction.USER_CREATED, target="user:matrix-target")
+    failed_job = job_create(kind=FACTS_KIND, enqueue=False)
+    failed_job.status = Status.FAILED  # a finished job for "run again"
+    failed_job.save(update_fields=["status"])
+    pending_job = job_create(kind=FACTS_KIND, enqueue=False)
+    return {"users": users, "target": target, "failed_job": failed_job, "pending_job": pending_job}
+
+
+def _kwargs(name: str, world) -> dict:
+    if name.startswith("accounts:user_") and name not in ("accounts:user_list", "accounts:user_create"):
+        return {"user_id": world["target"].pk}
+    if name == "audit:detail":
+        return {"position": 1}
+    if name == "jobs:rerun":
+        return {"pk": world["failed_job"].pk}
+    if name in ("jobs:detail", "jobs:progress", "jobs:cancel"):
+        return {"pk": world["pending_job"].pk}
+    return {}
+
+
+@pytest.mark.parametrize("role", ROLES)
+@pytest.mark.parametrize("name,method", list(MATRIX))
+def test_role_matrix(name, method, role, world, client, login_client):
+    if role != ANON:
+        login_client(world["users"][role])
+    url = reverse(name, kwargs=_kwargs(name, world))
+    data = "token=ABCD-EFGH-IJKL" if name == "setup:token" else ""
+    response = client.generic(method, url, data, content_type="application/x-www-form-urlencoded", secure=True)
+    assert response.status_code == MATRIX[(name, method)][role], (
+        f"{method} {url} as {role}: {response.status_code}"
+    )
+
+
+def test_refusals_are_audited(world, client, login_client):
+    from pamportal.audit.models import AuditEvent
+
+    login_client(world["users"][VIEWER])
+    client.get(reverse("audit:list"), secure=True)
+    event = AuditEvent.objects.filter(action=AuditAction.ACCESS_DENIED).latest("position")
+    assert event.target == reverse("audit:list")
+    assert event.actor_name == "matrix-viewer"
+    assert event.outcome == "denied"
