@@ -87,6 +87,8 @@ INSTALLED_APPS = [
     "pamportal.jobs",
     "pamportal.nodes",
     "pamportal.setup",
+    "pamportal.licensing",
+    "pamportal.preflight",
 ]
 
 MIDDLEWARE = [

@@ -10,6 +10,8 @@ urlpatterns = [
     path("account/", include("pamportal.accounts.urls")),
     path("audit/", include("pamportal.audit.urls")),
     path("jobs/", include("pamportal.jobs.urls")),
+    path("licence/", include("pamportal.licensing.urls")),
+    path("preflight/", include("pamportal.preflight.urls")),
     path("healthz", core_views.healthz, name="healthz"),
 ]
 

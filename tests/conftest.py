@@ -7,7 +7,7 @@ import pytest
 from django_otp.oath import TOTP
 from django_otp.plugins.otp_totp.models import TOTPDevice
 
-from pamportal.accounts.roles import Role
+from pamportal.accounts.roles import TOTP_REQUIRED, Role
 from tests.support.node import NodeEnv, using_postgres
 
 PASSWORD = "correct horse battery staple"
@@ -35,7 +35,7 @@ def make_user(db):
     def make(username: str, role: Role, *, totp: bool | None = None, password: str = PASSWORD):
         user = get_user_model().objects.create_user(username=username, password=password, role=role)
         if totp is None:
-            totp = role in (Role.APPROVER, Role.ADMINISTRATOR)
+            totp = role in TOTP_REQUIRED
         if totp:
             TOTPDevice.objects.create(user=user, name="phone", confirmed=True)
         return user

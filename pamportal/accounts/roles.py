@@ -10,18 +10,36 @@ class Role(models.TextChoices):
     OPERATOR = "operator", "Operator"
     APPROVER = "approver", "Approver"
     ADMINISTRATOR = "administrator", "Administrator"
+    AUDITOR = "auditor", "Auditor"
 
 
 # Roles that must enrol TOTP before they can do anything else.
-TOTP_REQUIRED = frozenset({Role.APPROVER, Role.ADMINISTRATOR})
+TOTP_REQUIRED = frozenset({Role.APPROVER, Role.ADMINISTRATOR, Role.AUDITOR})
 
 _ALL = frozenset(Role)
+_RUNNERS = frozenset({Role.OPERATOR, Role.ADMINISTRATOR})
+_ADMIN = frozenset({Role.ADMINISTRATOR})
+_AUDIT = frozenset({Role.ADMINISTRATOR, Role.AUDITOR})
 CAPABILITIES: dict[str, frozenset[Role]] = {
+    # Reading the node's state.
     "node.view": _ALL,
     "jobs.view": _ALL,
-    "jobs.run": frozenset({Role.OPERATOR, Role.ADMINISTRATOR}),
-    "users.manage": frozenset({Role.ADMINISTRATOR}),
-    "audit.view": frozenset({Role.ADMINISTRATOR}),
+    "licence.view": _ALL,
+    "certificates.view": _ALL,
+    "preflight.view": _ALL,
+    # Running things.
+    "jobs.run": _RUNNERS,
+    "preflight.run": _RUNNERS,
+    "preflight.accept": _RUNNERS,  # accept a warning, with a written reason
+    # Administration.
+    "users.manage": _ADMIN,
+    "licence.manage": _ADMIN,
+    "mek.check": _ADMIN,
+    "setup.finalise": _ADMIN,
+    "audit.configure": _ADMIN,  # checkpoints, SIEM forwarding
+    # The audit trail: administrators and the read-only auditor.
+    "audit.view": _AUDIT,
+    "audit.export": _AUDIT,
 }
 
 

@@ -16,8 +16,10 @@ from pamportal.jobs.choices import Status
 from pamportal.jobs.services import job_create
 from pamportal.nodes.facts import KIND as FACTS_KIND
 
-ANON, VIEWER, OPERATOR, APPROVER, ADMIN = "anonymous", "viewer", "operator", "approver", "administrator"
-ROLES = (ANON, VIEWER, OPERATOR, APPROVER, ADMIN)
+ANON, VIEWER, OPERATOR, APPROVER, ADMIN, AUDITOR = (
+    "anonymous", "viewer", "operator", "approver", "administrator", "auditor"
+)
+ROLES = (ANON, VIEWER, OPERATOR, APPROVER, ADMIN, AUDITOR)
 
 
 def everyone(code):
@@ -25,7 +27,7 @@ def everyone(code):
 
 
 def signed_in(code, anonymous=302):
-    return {ANON: anonymous, VIEWER: code, OPERATOR: code, APPROVER: code, ADMIN: code}
+    return {role: (anonymous if role == ANON else code) for role in ROLES}
 
 
 def only(allowed: set[str], ok: int, *, denied: int = 403):
@@ -59,8 +61,8 @@ MATRIX: dict[tuple[str, str], dict[str, int]] = {
     ("accounts:user_unlock", "POST"): only({ADMIN}, 302),
     # Method checks come first on the user actions: a GET changes nothing for anyone.
     ("accounts:user_disable", "GET"): everyone(405),
-    ("audit:list", "GET"): only({ADMIN}, 200),
-    ("audit:detail", "GET"): only({ADMIN}, 200),
+    ("audit:list", "GET"): only({ADMIN, AUDITOR}, 200),
+    ("audit:detail", "GET"): only({ADMIN, AUDITOR}, 200),
     ("jobs:list", "GET"): signed_in(200),
     ("jobs:detail", "GET"): signed_in(200),
     ("jobs:progress", "GET"): signed_in(200),
@@ -98,6 +100,7 @@ def world(make_user):
         OPERATOR: make_user("matrix-operator", Role.OPERATOR),
         APPROVER: make_user("matrix-approver", Role.APPROVER),
         ADMIN: make_user("matrix-admin", Role.ADMINISTRATOR),
+        AUDITOR: make_user("matrix-auditor", Role.AUDITOR),
     }
     target = make_user("matrix-target", Role.VIEWER)
     audit_record(action=AuditAction.USER_CREATED, target="user:matrix-target")
