@@ -1,0 +1,57 @@
+"""The node's MEK file and sealing of secrets at rest under keys derived from it.
+
+The MEK lives only in a 0600 file in the data dir; the database holds sealed secrets
+(AES-256-GCM under HKDF(MEK, purpose)) and a fingerprint, so a dump alone reveals
+nothing. Nothing here logs or returns the key in a printable form.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from django.conf import settings
+
+from pamportal.crypto import mek
+
+
+class MekMissing(RuntimeError):
+    """The node has no MEK yet (setup not finalised) or its key file is gone."""
+
+
+def mek_path() -> Path:
+    return Path(settings.PAM_DATA_DIR) / "mek.key"
+
+
+def mek_exists() -> bool:
+    return mek_path().exists()
+
+
+def mek_load() -> bytes:
+    try:
+        raw = mek_path().read_bytes()
+    except FileNotFoundError:
+        raise MekMissing("this node has no Master Encryption Key yet") from None
+    if len(raw) != mek.MEK_BYTES:
+        raise MekMissing("the Master Encryption Key file is damaged")
+    return raw
+
+
+def mek_install(key: bytes) -> None:
+    """Write the MEK file (0600) once; refuses to replace an existing key."""
+    if len(key) != mek.MEK_BYTES:
+        raise ValueError("a MEK is 32 bytes")
+    path = mek_path()
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(key)
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def seal(*, purpose: str, data: bytes) -> str:
+    return mek.seal(mek_load(), purpose, data)
+
+
+def unseal(*, purpose: str, sealed: str) -> bytes:
+    return mek.unseal(mek_load(), purpose, sealed)
