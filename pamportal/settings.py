@@ -125,6 +125,7 @@ TEMPLATES = [
                 "django.contrib.auth.context_processors.auth",
                 "django.contrib.messages.context_processors.messages",
                 "pamportal.core.context_processors.portal",
+                "pamportal.licensing.context_processors.licence_banner",
             ],
         },
     }

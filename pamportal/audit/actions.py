@@ -34,6 +34,34 @@ class AuditAction(models.TextChoices):
     STEP_LEASE_EXPIRED = "job.lease_expired", "Step lease expired"
     # The trail itself
     AUDIT_VERIFIED = "audit.verified", "Audit chain verified"
+    # Keys and finalise
+    SETUP_NODE_SET = "setup.node_set", "Node address and NTP servers set"
+    SETUP_PREFLIGHT_PASSED = "setup.preflight_passed", "Setup preflight passed"
+    SETUP_LICENCE_DONE = "setup.licence_done", "Setup licence step done"
+    SETUP_FINALISED = "setup.finalised", "Setup finalised"
+    MEK_GENERATED = "mek.generated", "Master Encryption Key generated"
+    MEK_SHOWN = "mek.shown", "Master Encryption Key shown"
+    MEK_DOWNLOADED = "mek.downloaded", "Master Encryption Key downloaded"
+    MEK_DOWNLOAD_REFUSED = "mek.download_refused", "Master Encryption Key download refused"
+    MEK_CONFIRMED = "mek.confirmed", "Master Encryption Key copy confirmed"
+    MEK_CONFIRM_FAILED = "mek.confirm_failed", "Master Encryption Key confirmation failed"
+    MEK_DISCARDED = "mek.discarded", "Master Encryption Key discarded"
+    MEK_CHECKED = "mek.checked", "Master Encryption Key checked"
+    CA_CREATED = "certificate.ca_created", "Cluster CA created"
+    NODE_CERTIFICATE_ISSUED = "certificate.node_issued", "Node certificate issued"
+    # Licence
+    LICENCE_INSTALLED = "licence.installed", "Licence installed"
+    LICENCE_REFUSED = "licence.refused", "Licence file refused"
+    # Preflight
+    PREFLIGHT_CHECK_FAILED = "preflight.check_failed", "Preflight check failed"
+    PREFLIGHT_WARNING_ACCEPTED = "preflight.warning_accepted", "Preflight warning accepted"
+    PREFLIGHT_ACCEPT_REFUSED = "preflight.accept_refused", "Preflight acceptance refused"
+    # Audit reports
+    AUDIT_EXPORTED = "audit.exported", "Audit trail exported"
+    AUDIT_CHECKPOINT_REQUESTED = "audit.checkpoint", "Audit checkpoint signed on request"
+    AUDIT_SIGNING_KEY_CREATED = "audit.signing_key_created", "Audit signing key created"
+    AUDIT_SIEM_CONFIGURED = "audit.siem_configured", "SIEM forwarding configured"
+    AUDIT_SIEM_RESET = "audit.siem_cursor_set", "SIEM forwarding cursor moved"
 
 
 class Outcome(models.TextChoices):

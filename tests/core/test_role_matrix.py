@@ -69,6 +69,10 @@ MATRIX: dict[tuple[str, str], dict[str, int]] = {
     ("jobs:rerun", "POST"): only(RUNNERS, 302),
     ("jobs:cancel", "POST"): only(RUNNERS, 302),
     ("jobs:rerun", "GET"): only(RUNNERS, 405),
+    ("licensing:detail", "GET"): signed_in(200),
+    ("licensing:detail", "POST"): everyone(405),
+    ("licensing:upload", "GET"): only({ADMIN}, 200),
+    ("licensing:upload", "POST"): only({ADMIN}, 400),  # empty POST: "Choose the licence file to upload."
 }
 
 
