@@ -15,6 +15,7 @@ from pamportal.audit.services import audit_record
 from pamportal.jobs.choices import Status
 from pamportal.jobs.services import job_create
 from pamportal.nodes.facts import KIND as FACTS_KIND
+from pamportal.preflight.models import CheckOutcome, PreflightRun
 
 ANON, VIEWER, OPERATOR, APPROVER, ADMIN, AUDITOR = (
     "anonymous", "viewer", "operator", "approver", "administrator", "auditor"
@@ -69,6 +70,13 @@ MATRIX: dict[tuple[str, str], dict[str, int]] = {
     ("jobs:rerun", "POST"): only(RUNNERS, 302),
     ("jobs:cancel", "POST"): only(RUNNERS, 302),
     ("jobs:rerun", "GET"): only(RUNNERS, 405),
+    ("preflight:list", "GET"): signed_in(200),
+    ("preflight:detail", "GET"): signed_in(200),
+    ("preflight:results", "GET"): signed_in(200),
+    ("preflight:run", "POST"): only(RUNNERS, 302),
+    ("preflight:run", "GET"): only(RUNNERS, 405),
+    ("preflight:accept", "POST"): only(RUNNERS, 302),
+    ("preflight:accept", "GET"): only(RUNNERS, 405),
     ("licensing:detail", "GET"): signed_in(200),
     ("licensing:detail", "POST"): everyone(405),
     ("licensing:upload", "GET"): only({ADMIN}, 200),
@@ -112,7 +120,15 @@ def world(make_user):
     failed_job.status = Status.FAILED  # a finished job for "run again"
     failed_job.save(update_fields=["status"])
     pending_job = job_create(kind=FACTS_KIND, enqueue=False)
-    return {"users": users, "target": target, "failed_job": failed_job, "pending_job": pending_job}
+    run = PreflightRun.objects.create(job=job_create(kind="preflight", enqueue=False), created_by=users[OPERATOR])
+    warning = CheckOutcome.objects.create(
+        run=run, position=1, check_id="hardware.cpu", title="CPU count", severity="warning",
+        can_accept=True, status="fail", measured="2", threshold=">= 4",
+    )
+    return {
+        "users": users, "target": target, "failed_job": failed_job, "pending_job": pending_job,
+        "preflight_run": run, "warning": warning,
+    }
 
 
 def _kwargs(name: str, world) -> dict:
@@ -120,6 +136,10 @@ def _kwargs(name: str, world) -> dict:
         return {"user_id": world["target"].pk}
     if name == "audit:detail":
         return {"position": 1}
+    if name in ("preflight:detail", "preflight:results"):
+        return {"pk": world["preflight_run"].pk}
+    if name == "preflight:accept":
+        return {"pk": world["warning"].pk}
     if name == "jobs:rerun":
         return {"pk": world["failed_job"].pk}
     if name in ("jobs:detail", "jobs:progress", "jobs:cancel"):
@@ -133,7 +153,10 @@ def test_role_matrix(name, method, role, world, client, login_client):
     if role != ANON:
         login_client(world["users"][role])
     url = reverse(name, kwargs=_kwargs(name, world))
-    data = "token=ABCD-EFGH-IJKL" if name == "setup:token" else ""
+    data = {
+        "setup:token": "token=ABCD-EFGH-IJKL",
+        "preflight:accept": "reason=Lab node with two cores, accepted for the pilot",
+    }.get(name, "")
     response = client.generic(method, url, data, content_type="application/x-www-form-urlencoded", secure=True)
     assert response.status_code == MATRIX[(name, method)][role], (
         f"{method} {url} as {role}: {response.status_code}"
