@@ -89,6 +89,7 @@ INSTALLED_APPS = [
     "pamportal.setup",
     "pamportal.licensing",
     "pamportal.preflight",
+    "pamportal.cluster",
 ]
 
 MIDDLEWARE = [

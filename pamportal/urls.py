@@ -12,6 +12,7 @@ urlpatterns = [
     path("jobs/", include("pamportal.jobs.urls")),
     path("licence/", include("pamportal.licensing.urls")),
     path("preflight/", include("pamportal.preflight.urls")),
+    path("cluster/", include("pamportal.cluster.urls")),
     path("healthz", core_views.healthz, name="healthz"),
 ]
 
