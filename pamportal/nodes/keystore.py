@@ -55,3 +55,22 @@ def seal(*, purpose: str, data: bytes) -> str:
 
 def unseal(*, purpose: str, sealed: str) -> bytes:
     return mek.unseal(mek_load(), purpose, sealed)
+
+
+def mek_remove() -> None:
+    """Remove the key file. Only for a key that nothing has been sealed with yet: the
+    setup wizard's "discard and generate a new one" before the copy is confirmed."""
+    try:
+        mek_path().unlink()
+    except FileNotFoundError:
+        pass
+
+
+def mek_matches(key: bytes) -> bool:
+    """Whether ``key`` is the key in this node's file (constant-time)."""
+    import hmac
+
+    try:
+        return hmac.compare_digest(mek_load(), key)
+    except MekMissing:
+        return False

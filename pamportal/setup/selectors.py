@@ -34,3 +34,26 @@ def setup_token_rejections_from(source_ip: str, window: timedelta) -> int:
     return AuditEvent.objects.filter(
         action=AuditAction.SETUP_TOKEN_REJECTED, source_ip=source_ip, time__gte=timezone.now() - window
     ).count()
+
+
+# --- after the administrator: how far the node's setup has come ------------------------
+NODE_STEPS = ("node", "preflight", "licence", "mek", "finalise")
+
+
+def node_setup_due(node=None) -> str | None:
+    """The wizard step due after the administrator exists (None: setup is finalised).
+    Read from the database, so a refresh or a later visit resumes there."""
+    from pamportal.nodes.selectors import node_current
+
+    node = node if node is not None else node_current()
+    if node.finalised_at is not None:
+        return None
+    if not node.address or not node.ntp_servers:
+        return "node"
+    if node.preflight_passed_at is None:
+        return "preflight"
+    if node.licence_done_at is None:
+        return "licence"
+    if node.mek_confirmed_at is None:
+        return "mek"
+    return "finalise"

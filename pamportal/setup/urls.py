@@ -8,4 +8,17 @@ urlpatterns = [
     path("token/", views.token_step, name="token"),
     path("administrator/", views.administrator_step, name="administrator"),
     path("totp/", views.totp_step, name="totp"),
+    # After the administrator exists (capability "setup.finalise").
+    path("node/", views.node_step, name="node"),
+    path("preflight/", views.preflight_step, name="preflight"),
+    path("preflight/start/", views.preflight_start, name="preflight_start"),
+    path("preflight/next/", views.preflight_next, name="preflight_next"),
+    path("licence/", views.licence_step, name="licence"),
+    path("licence/next/", views.licence_next, name="licence_next"),
+    path("mek/", views.mek_step, name="mek"),
+    path("mek/generate/", views.mek_generate, name="mek_generate"),
+    path("mek/download/", views.mek_download, name="mek_download"),
+    path("mek/confirm/", views.mek_confirm, name="mek_confirm"),
+    path("mek/discard/", views.mek_discard, name="mek_discard"),
+    path("finalise/", views.finalise_step, name="finalise"),
 ]

@@ -1,21 +1,30 @@
-"""The first-boot wizard. Its state lives in the session, so a refresh resumes where
-the operator was; every step re-checks that the setup token is still usable."""
+"""The first-boot wizard. Until the administrator exists its state lives in the
+session and every step re-checks that the setup token is still usable; after that
+the node's setup progress lives in the database (see ``node_step_view``)."""
 
 from __future__ import annotations
 
+from functools import wraps
+
 from django.contrib import messages
 from django.contrib.auth.hashers import make_password
+from django.http import HttpResponse
 from django.shortcuts import redirect, render
+from django.urls import reverse
 from django.views.decorators.cache import never_cache
-from django.views.decorators.debug import sensitive_post_parameters
-from django.views.decorators.http import require_http_methods
+from django.views.decorators.debug import sensitive_post_parameters, sensitive_variables
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
+
+from pamportal.accounts.decorators import require_capability
+from pamportal.accounts.roles import has_capability
+from pamportal.nodes.selectors import node_current
 
 from pamportal.accounts import services as account_services
 from pamportal.accounts.qr import qr_svg
 
-from . import services
-from .forms import AdministratorForm, SetupCodeForm, TokenForm
-from .selectors import setup_is_complete, setup_token_usable
+from . import partners, services
+from .forms import AdministratorForm, MekForm, NodeForm, SetupCodeForm, TokenForm
+from .selectors import NODE_STEPS, node_setup_due, setup_is_complete, setup_token_usable
 from .steps import STEP_BY_KEY, step_list
 
 SESSION_KEY = "pam_setup"
@@ -73,6 +82,9 @@ def _guard(request, step: str):
 @never_cache
 def start(request):
     if setup_is_complete():
+        due = node_setup_due()
+        if due is not None and has_capability(request.user, "setup.finalise"):
+            return redirect(STEP_BY_KEY[due].url_name)
         return _complete(request)
     return redirect(STEP_BY_KEY[current_step(request)].url_name)
 
@@ -169,3 +181,224 @@ def totp_step(request):
         "totp",
         {"form": form, "error": error, "qr": qr_svg(device.config_url), "secret": secret, "username": username},
     )
+
+
+# --- after the administrator: node, preflight, licence, MEK, finalise -------------------
+# These steps keep their progress in the database (``nodes.Node``), so a refresh or a
+# later visit resumes where the operator was. Each needs "setup.finalise".
+
+def _node_render(request, template: str, step: str, context: dict, status: int = 200):
+    node = context.get("node") or node_current()
+    due = node_setup_due(node)
+    context = {**context, "node": node, "steps": step_list(step, due), "step": STEP_BY_KEY[step]}
+    response = render(request, template, context, status=status)
+    response["Cache-Control"] = "no-store"
+    return response
+
+
+def node_step_view(step: str):
+    """Guard for a step after the administrator: the capability, the node not yet
+    finalised, and the earlier steps done (else to the step that is due)."""
+
+    def decorator(view):
+        @wraps(view)
+        @require_capability("setup.finalise")
+        def wrapper(request, *args, **kwargs):
+            node = node_current()
+            due = node_setup_due(node)
+            if due is None:
+                messages.info(request, "Setup of this node is finalised.")
+                return redirect("nodes:dashboard")
+            if NODE_STEPS.index(step) > NODE_STEPS.index(due):
+                return redirect(STEP_BY_KEY[due].url_name)
+            return view(request, node, *args, **kwargs)
+
+        return wrapper
+
+    return decorator
+
+
+def _refused(request, refused: services.StepRefused, to: str):
+    messages.error(request, refused.message)
+    return redirect(to)
+
+
+@never_cache
+@require_http_methods(["GET", "POST"])
+@node_step_view("node")
+def node_step(request, node):
+    initial = {"address": node.address or "", "ntp_servers": "\n".join(node.ntp_servers or [])}
+    form = NodeForm(request.POST if request.method == "POST" else None, initial=initial)
+    if request.method == "POST" and form.is_valid():
+        try:
+            services.setup_node_set(
+                user=request.user, address=form.cleaned_data["address"], ntp_servers=form.cleaned_data["ntp_servers"]
+            )
+        except services.StepRefused as refused:
+            return _refused(request, refused, "setup:start")
+        return redirect("setup:preflight")
+    return _node_render(request, "setup/node.html", "node", {"form": form, "node": node})
+
+
+def _preflight_context(request, node) -> dict:
+    run = partners.preflight_run(node.preflight_run_id)
+    if run is None:
+        return {"run": None}
+    context = partners.preflight_results_context(request, run, return_to=reverse("setup:preflight"))
+    finished = partners.preflight_finished(run)
+    return {**context, "finished": finished, "held_back": finished and bool(context["blocking"])}
+
+
+@never_cache
+@require_GET
+@node_step_view("preflight")
+def preflight_step(request, node):
+    return _node_render(request, "setup/preflight.html", "preflight", {"node": node, **_preflight_context(request, node)})
+
+
+@never_cache
+@require_POST
+@node_step_view("preflight")
+def preflight_start(request, node):
+    try:
+        run = services.setup_preflight_start(user=request.user)
+    except services.StepRefused as refused:
+        return _refused(request, refused, "setup:preflight")
+    messages.success(request, f"Preflight started (run #{run.pk}).")
+    return redirect("setup:preflight")
+
+
+@never_cache
+@require_POST
+@node_step_view("preflight")
+def preflight_next(request, node):
+    try:
+        services.setup_preflight_pass(user=request.user)
+    except services.StepRefused as refused:
+        return _refused(request, refused, "setup:preflight")
+    return redirect("setup:licence")
+
+
+@never_cache
+@require_http_methods(["GET", "POST"])
+@node_step_view("licence")
+def licence_step(request, node):
+    error = None
+    if request.method == "POST":
+        licence, error = partners.licence_upload_from_request(request)
+        if licence is not None:
+            messages.success(request, f"Licence {licence.licence_id} installed.")
+            return redirect("setup:licence")
+    status = partners.licence_status()
+    context = {
+        "node": node,
+        "licence": status.licence if status.ok else None,
+        "licence_status": status,
+        "licence_error": error,
+        "licence_action": reverse("setup:licence"),
+        "licence_submit": "Replace the licence" if status.ok else "Install licence",
+    }
+    return _node_render(request, "setup/licence.html", "licence", context, status=400 if error else 200)
+
+
+@never_cache
+@require_POST
+@node_step_view("licence")
+def licence_next(request, node):
+    try:
+        services.setup_licence_done(user=request.user)
+    except services.StepRefused as refused:
+        return _refused(request, refused, "setup:licence")
+    return redirect("setup:mek")
+
+
+@sensitive_variables()
+@never_cache
+@require_GET
+@node_step_view("mek")
+def mek_step(request, node):
+    # The key is in this response only the first time the page is shown after it is
+    # generated; the service records that it was shown before the page is rendered.
+    shown_now = services.setup_mek_reveal(user=request.user)
+    node = node_current()
+    groups = shown_now.split("-") if shown_now else []
+    return _node_render(
+        request, "setup/mek.html", "mek", {"node": node, "groups": groups, "form": MekForm(), "error": ""}
+    )
+
+
+@never_cache
+@require_POST
+@node_step_view("mek")
+def mek_generate(request, node):
+    try:
+        services.setup_mek_generate(user=request.user)
+    except services.StepRefused as refused:
+        return _refused(request, refused, "setup:mek")
+    return redirect("setup:mek")
+
+
+@sensitive_variables()
+@never_cache
+@require_POST
+@node_step_view("mek")
+def mek_download(request, node):
+    result = services.setup_mek_download(user=request.user)
+    if not result.ok:
+        messages.error(request, result.message)
+        return redirect("setup:mek")
+    response = HttpResponse(result.text, content_type="text/plain; charset=utf-8")
+    response["Content-Disposition"] = f'attachment; filename="{result.filename}"'
+    response["Cache-Control"] = "no-store"
+    return response
+
+
+@sensitive_post_parameters("mek")
+@sensitive_variables()
+@never_cache
+@require_POST
+@node_step_view("mek")
+def mek_confirm(request, node):
+    typed = request.POST.get("mek", "")[: MekForm.base_fields["mek"].max_length]
+    try:
+        result = services.setup_mek_confirm(user=request.user, typed=typed)
+    except services.StepRefused as refused:
+        return _refused(request, refused, "setup:mek")
+    if result.ok:
+        messages.success(request, result.message)
+        return redirect("setup:finalise")
+    error = result.message
+    # A fresh form: what was typed is never sent back.
+    return _node_render(
+        request, "setup/mek.html", "mek", {"node": node_current(), "groups": [], "form": MekForm(), "error": error},
+        status=400,
+    )
+
+
+@never_cache
+@require_POST
+@node_step_view("mek")
+def mek_discard(request, node):
+    result = services.setup_mek_discard(user=request.user)
+    (messages.success if result.ok else messages.error)(request, result.message)
+    return redirect("setup:mek")
+
+
+@never_cache
+@require_http_methods(["GET", "POST"])
+@node_step_view("finalise")
+def finalise_step(request, node):
+    if request.method == "POST":
+        try:
+            services.setup_finalise(user=request.user)
+        except services.StepRefused as refused:
+            return _refused(request, refused, "setup:finalise")
+        messages.success(
+            request,
+            "Setup is finalised: this node is a standalone server with its cluster CA and its own certificate. "
+            "The console switches to the new certificate within a few seconds.",
+        )
+        return redirect("nodes:dashboard")
+    status = partners.licence_status()
+    context = {"node": node, "licence": status.licence if status.ok else None, "licence_status": status}
+    return _node_render(request, "setup/finalise.html", "finalise", context)

@@ -57,10 +57,10 @@ def test_full_wizard_creates_administrator_with_totp_and_logs_in(client, data_di
     page = client.get(reverse("setup:token"))
     assert page.status_code == 200
     html = page.content.decode()
-    # The step list names the steps of a later release, not as links.
-    for title in ("Setup token", "Administrator", "Preflight", "Licence", "Master Encryption Key", "Finalise"):
+    # The step list names every step; the ones not reached yet are not links.
+    for title in ("Setup token", "Administrator", "Node address", "Preflight", "Licence", "Master Encryption Key", "Finalise"):
         assert title in html
-    assert re.search(r'<li class="later">\s*Preflight', html)
+    assert re.search(r'<li class="pending">\s*Preflight', html)
     assert re.search(r'<li class="current" aria-current="step">Setup token', html)
     assert 'href="/setup/preflight' not in html
 
@@ -104,7 +104,10 @@ def test_full_wizard_creates_administrator_with_totp_and_logs_in(client, data_di
     assert response.status_code == 302 and response["Location"] == reverse("nodes:dashboard")
     assert client.get(reverse("accounts:user_list")).status_code == 200
 
-    # /setup/ now says setup is complete and links to the login page.
+    # /setup/ now leads the administrator on to the node's own setup; to anyone else
+    # it says that setup is complete and links to the login page.
+    assert client.get(reverse("setup:start"))["Location"] == reverse("setup:node")
+    client.post(reverse("accounts:logout"))
     page = client.get(reverse("setup:start"))
     assert page.status_code == 200 and b"Setup is complete" in page.content
     assert reverse("accounts:login").encode() in page.content

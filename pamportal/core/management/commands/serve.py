@@ -1,5 +1,7 @@
 """Run the node in the foreground: the HTTPS console (gunicorn) and the Celery worker
-with its beat scheduler. Ctrl-C (or SIGTERM) stops all of them.
+with its beat scheduler. Ctrl-C (or SIGTERM) stops all of them. When the console's
+certificate file is replaced (setup finalised, certificate renewed), gunicorn is
+reloaded so that it serves the new one.
 
 A small supervisor rather than honcho/supervisord: it needs the node's own settings
 (ports, TLS files, queue) to build the command lines, and must stop everything when
@@ -18,6 +20,43 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
 STOP_GRACE_SECONDS = 20
+# A new certificate is picked up once its file has stayed unchanged this long, so a
+# reload never catches the key and the certificate half-written.
+CERT_SETTLE_SECONDS = 1.0
+
+
+def _cert_stamp() -> tuple[int, int] | None:
+    """(mtime in ns, inode) of the certificate file: an atomic rename changes both."""
+    try:
+        stat = os.stat(settings.PAM_TLS_CERT)
+    except OSError:
+        return None
+    return stat.st_mtime_ns, stat.st_ino
+
+
+class CertificateWatch:
+    """Tells when the console's certificate file has been replaced and has settled.
+
+    gunicorn's master, on SIGHUP, starts new workers with the configuration read
+    again and stops the old ones gracefully; new workers load the new certificate."""
+
+    def __init__(self):
+        self.served = _cert_stamp()
+        self.seen = self.served
+        self.seen_at = time.monotonic()
+
+    def changed(self, now: float | None = None) -> bool:
+        now = time.monotonic() if now is None else now
+        stamp = _cert_stamp()
+        if stamp != self.seen:
+            self.seen, self.seen_at = stamp, now
+            return False
+        if stamp is not None and stamp != self.served and now - self.seen_at >= CERT_SETTLE_SECONDS:
+            if not settings.PAM_TLS_KEY.exists():
+                return False
+            self.served = stamp
+            return True
+        return False
 
 
 class Command(BaseCommand):
@@ -63,8 +102,12 @@ class Command(BaseCommand):
         signal.signal(signal.SIGINT, request_stop)
         signal.signal(signal.SIGTERM, request_stop)
         exit_code = 0
+        watch = CertificateWatch()
         try:
             while not stopping:
+                if watch.changed() and processes["web"].poll() is None:
+                    self.stdout.write("TLS certificate replaced: reloading the console (SIGHUP to gunicorn)")
+                    os.kill(processes["web"].pid, signal.SIGHUP)
                 for name, proc in processes.items():
                     if proc.poll() is not None:
                         self.stderr.write(f"{name} exited with status {proc.returncode}; stopping the node")

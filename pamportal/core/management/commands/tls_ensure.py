@@ -31,6 +31,9 @@ class Command(BaseCommand):
             expires = certificate_not_after(cert_path.read_bytes())
             self.stdout.write(f"TLS certificate present: {cert_path} (valid until {expires:%Y-%m-%d})")
             return
+        if self._restore_finalised():
+            self.stdout.write(f"TLS certificate signed by the cluster CA written again from the database: {cert_path}")
+            return
         cert_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         names = ["localhost", "127.0.0.1", "::1", settings.PAM_NODE_ADDRESS]
         if settings.PAM_BIND_ADDRESS not in ("0.0.0.0", "::"):
@@ -39,3 +42,15 @@ class Command(BaseCommand):
         _write_private(key_path, key_pem, 0o600)
         _write_private(cert_path, cert_pem, 0o644)
         self.stdout.write(f"TLS certificate created for {', '.join(dict.fromkeys(names))}: {cert_path}")
+
+    def _restore_finalised(self) -> bool:
+        """A finalised node serves its CA-signed certificate, never a new self-signed one."""
+        from django.db import DatabaseError
+
+        try:
+            from pamportal.nodes.selectors import node_is_finalised
+            from pamportal.nodes.services import node_tls_files_restore
+
+            return node_is_finalised() and node_tls_files_restore()
+        except DatabaseError:  # not migrated yet: a first boot
+            return False
