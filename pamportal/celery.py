@@ -23,3 +23,17 @@ def _schedule_periodic(sender, **kwargs):
         ),
         name="reap expired job leases",
     )
+    # Audit reports: a signed checkpoint every hour (also when no event came), and
+    # SIEM forwarding from its durable cursor (a no-op until a collector is enabled).
+    from pamportal.audit import conf as audit_conf
+
+    sender.add_periodic_task(
+        audit_conf.checkpoint_interval(),
+        sender.signature("pamportal.audit.tasks.checkpoint", expires=audit_conf.checkpoint_interval()),
+        name="sign an audit checkpoint",
+    )
+    sender.add_periodic_task(
+        audit_conf.siem_interval(),
+        sender.signature("pamportal.audit.tasks.siem_forward", expires=audit_conf.siem_interval()),
+        name="forward audit events to the SIEM",
+    )

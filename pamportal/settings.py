@@ -54,6 +54,12 @@ DEBUG = os.environ.get("PAM_DEBUG", "") == "1" and not PRODUCTION
 
 PAM_VERSION = "1.0.0"
 PAM_HTTPS_PORT = _env_int("PAM_HTTPS_PORT", 8443)
+# Cluster ports (DESIGN.md "Ports"); settings so that several nodes can share a machine.
+PAM_CLIENT_PORT = _env_int("PAM_CLIENT_PORT", 9002)
+PAM_ETCD_CLIENT_PORT = _env_int("PAM_ETCD_CLIENT_PORT", 2379)
+PAM_ETCD_PEER_PORT = _env_int("PAM_ETCD_PEER_PORT", 2380)
+PAM_SETUP_API_PORT = _env_int("PAM_SETUP_API_PORT", 2390)
+PAM_DELEGATION_API_PORT = _env_int("PAM_DELEGATION_API_PORT", 2391)
 PAM_BIND_ADDRESS = os.environ.get("PAM_BIND_ADDRESS", "0.0.0.0" if PRODUCTION else "127.0.0.1")
 PAM_NODE_ADDRESS = os.environ.get("PAM_NODE_ADDRESS") or socket.getfqdn() or "localhost"
 PAM_TLS_CERT = PAM_DATA_DIR / "tls" / "node.crt"

@@ -14,6 +14,8 @@ urlpatterns = [
     path("preflight/", include("pamportal.preflight.urls")),
     path("cluster/", include("pamportal.cluster.urls")),
     path("healthz", core_views.healthz, name="healthz"),
+    # The cluster APIs; each is answered only on its own port (see pamportal.wsgi).
+    path("", include("pamportal.cluster.api_urls")),
 ]
 
 handler403 = "pamportal.core.views.permission_denied"

@@ -40,6 +40,12 @@ CAPABILITIES: dict[str, frozenset[Role]] = {
     # The audit trail: administrators and the read-only auditor.
     "audit.view": _AUDIT,
     "audit.export": _AUDIT,
+    # Cluster formation.
+    "cluster.view": _ALL,
+    "bundles.manage": _RUNNERS,
+    "joins.vote": frozenset({Role.APPROVER}),
+    "cluster.policy": _ADMIN,
+    "cluster.remove": _RUNNERS,
 }
 
 

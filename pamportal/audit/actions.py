@@ -91,6 +91,14 @@ class AuditAction(models.TextChoices):
     CLUSTER_REMOVAL_FAILED = "cluster.removal_failed", "Node removal failed"
     CLUSTER_CERT_REVOKED = "cluster.cert_revoked", "Node certificate revoked"
 
+    # Joining a cluster (follower side)
+    JOIN_REFUSED_LOCALLY = "join.refused", "Join refused on this node"
+    JOIN_BUNDLE_OPENED = "join.bundle_opened", "Joining bundle opened"
+    JOIN_PREFLIGHT = "join.preflight", "Checks against the leader"
+    JOIN_REQUESTED = "join.requested", "Join requested from the leader"
+    JOIN_HANDOVER_APPLIED = "join.handover_applied", "Certificate and etcd configuration installed"
+    JOIN_COMPLETED = "join.completed", "Joined the cluster"
+    JOIN_FAILED = "join.failed", "Join failed"
 
 class Outcome(models.TextChoices):
     SUCCEEDED = "succeeded", "Succeeded"

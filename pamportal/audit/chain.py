@@ -98,8 +98,11 @@ class ChainResult:
         return self.first_bad_position is None
 
 
-def verify_rows(rows: Iterable[tuple]) -> ChainResult:
+def verify_rows(rows: Iterable[tuple], *, start_position: int = 1, start_hash: str = GENESIS_HASH) -> ChainResult:
     """Walk rows (the FIELDS in order, then the stored hash) sorted by position.
+
+    ``start_position``/``start_hash`` resume a walk after an already verified prefix:
+    the first row must then be ``start_position`` and follow ``start_hash``.
 
     ``time`` may be a timezone-aware datetime or already its ``canonical_time`` text
     (the database can format it faster than Python).
@@ -112,8 +115,8 @@ def verify_rows(rows: Iterable[tuple]) -> ChainResult:
     point were renumbered to hide an insertion or a deletion, the inserted row, or the
     position of the deleted one, is named rather than the first renumbered row.
     """
-    expected_position = 1
-    prev_hash = GENESIS_HASH
+    expected_position = start_position
+    prev_hash = start_hash
     before_prev_hash = None
     sha256, domain, ascii_format = hashlib.sha256, _DOMAIN, _ASCII_FORMAT
     for row in rows:

@@ -14,6 +14,7 @@ class AuditFilterForm(forms.Form):
     actor = forms.CharField(required=False, max_length=150, label="Actor")
     action = forms.ChoiceField(required=False, choices=_ANY + AuditAction.choices)
     outcome = forms.ChoiceField(required=False, choices=_ANY + Outcome.choices)
+    target = forms.CharField(required=False, max_length=512, label="Target")
     time_from = forms.DateTimeField(
         required=False, label="From", input_formats=_LOCAL_TIME_FORMATS,
         widget=forms.DateTimeInput(attrs={"type": "datetime-local"}, format="%Y-%m-%dT%H:%M"),
@@ -39,3 +40,36 @@ class AuditFilterForm(forms.Form):
         if self.non_field_errors():
             data = {k: v for k, v in data.items() if k not in ("time_from", "time_to")}
         return {k: v for k, v in data.items() if v not in (None, "")}
+
+
+class ExportForm(forms.Form):
+    format = forms.ChoiceField(choices=[("csv", "CSV"), ("jsonl", "JSON Lines"), ("pdf", "PDF report")])
+
+
+class SiemForm(forms.Form):
+    host = forms.CharField(max_length=253, label="Collector host")
+    port = forms.IntegerField(min_value=1, max_value=65535, initial=6514, label="Port")
+    ca_pem = forms.CharField(
+        widget=forms.Textarea(attrs={"rows": 6}), max_length=64_000,
+        label="CA certificate to trust (PEM)",
+        help_text="The collector's certificate must chain to it and name the host.",
+    )
+    enabled = forms.BooleanField(required=False, label="Forward events")
+
+    def clean_host(self):
+        host = self.cleaned_data["host"].strip()
+        if not host or any(c.isspace() for c in host) or "/" in host:
+            raise forms.ValidationError("Enter a host name or an IP address.")
+        return host
+
+    def clean_ca_pem(self):
+        from cryptography import x509
+
+        pem = self.cleaned_data["ca_pem"].strip() + "\n"
+        try:
+            certificates = x509.load_pem_x509_certificates(pem.encode("ascii"))
+        except (ValueError, UnicodeEncodeError):
+            raise forms.ValidationError("This is not a PEM certificate.") from None
+        if not certificates:
+            raise forms.ValidationError("This is not a PEM certificate.")
+        return pem

@@ -1,5 +1,6 @@
 """The audit trail: an append-only, hash-chained table of events."""
 
+from django.conf import settings
 from django.db import models
 
 from .actions import AuditAction, Outcome
@@ -32,3 +33,110 @@ class AuditHead(models.Model):
     id = models.PositiveSmallIntegerField(primary_key=True, default=1)
     position = models.BigIntegerField(default=0)
     hash = models.CharField(max_length=64)
+
+
+# --- Audit reports: signing key, checkpoints, chain status, exports, SIEM ----------------
+class AuditSigningKey(models.Model):
+    """The node's Ed25519 key that signs checkpoints and export manifests.
+
+    The public part is always here. The private part is in a 0600 file in the data dir
+    until the node has a MEK, then sealed under it here (``sealed_private``) and the
+    file is removed (``signing.signing_key_load`` makes that move).
+    """
+
+    key_id = models.CharField(max_length=32, primary_key=True)  # hex of SHA-256(public)[:16]
+    public_key = models.CharField(max_length=64)  # base64 of the 32 raw bytes
+    sealed_private = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+    retired_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+
+class AuditCheckpoint(models.Model):
+    """A signed statement: the chain's head was (position, hash) at ``time``."""
+
+    class Reason(models.TextChoices):
+        EVENTS = "events", "Every N events"
+        PERIODIC = "periodic", "Periodic"
+        MANUAL = "manual", "On request"
+
+    position = models.BigIntegerField(db_index=True)
+    hash = models.CharField(max_length=64)
+    time = models.DateTimeField()
+    key_id = models.CharField(max_length=32)
+    signature = models.CharField(max_length=128)  # base64
+    reason = models.CharField(max_length=16, choices=Reason.choices)
+
+    class Meta:
+        ordering = ["-position", "-time"]
+
+
+class AuditChainStatus(models.Model):
+    """One row: how far the chain was last verified, and where it broke if it did."""
+
+    id = models.PositiveSmallIntegerField(primary_key=True, default=1)
+    checked_at = models.DateTimeField(null=True, blank=True)
+    full_checked_at = models.DateTimeField(null=True, blank=True)
+    verified_position = models.BigIntegerField(default=0)
+    verified_hash = models.CharField(max_length=64, default="0" * 64)
+    ok = models.BooleanField(default=True)
+    first_bad_position = models.BigIntegerField(null=True, blank=True)
+    reason = models.TextField(blank=True)
+
+
+class AuditExport(models.Model):
+    class Format(models.TextChoices):
+        CSV = "csv", "CSV"
+        JSONL = "jsonl", "JSON Lines"
+        PDF = "pdf", "PDF report"
+
+    class State(models.TextChoices):
+        PENDING = "pending", "Pending"
+        RUNNING = "running", "Writing"
+        READY = "ready", "Ready"
+        FAILED = "failed", "Failed"
+
+    id = models.UUIDField(primary_key=True)
+    created_at = models.DateTimeField(auto_now_add=True, db_index=True)
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    created_by_name = models.CharField(max_length=150)
+    format = models.CharField(max_length=8, choices=Format.choices)
+    filters = models.JSONField(default=dict, blank=True)
+    upto_position = models.BigIntegerField()
+    expected_count = models.BigIntegerField(default=0)
+    state = models.CharField(max_length=16, choices=State.choices, default=State.PENDING)
+    job = models.ForeignKey("jobs.Job", null=True, blank=True, on_delete=models.SET_NULL, related_name="+")
+    file_name = models.CharField(max_length=200, blank=True)
+    size = models.BigIntegerField(default=0)
+    row_count = models.BigIntegerField(default=0)
+    manifest = models.TextField(blank=True)  # the signed manifest, as handed out
+    error = models.TextField(blank=True)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering = ["-created_at"]
+
+    @property
+    def is_ready(self) -> bool:
+        return self.state == self.State.READY
+
+
+class SiemCollector(models.Model):
+    """One row: the syslog collector events are forwarded to, and how far it got."""
+
+    id = models.PositiveSmallIntegerField(primary_key=True, default=1)
+    host = models.CharField(max_length=253, blank=True)
+    port = models.PositiveIntegerField(default=6514)
+    ca_pem = models.TextField(blank=True)
+    enabled = models.BooleanField(default=False)
+    cursor = models.BigIntegerField(default=0)  # last position the collector has been sent
+    last_success_at = models.DateTimeField(null=True, blank=True)
+    last_error = models.TextField(blank=True)
+    last_error_at = models.DateTimeField(null=True, blank=True)
+    lease_owner = models.CharField(max_length=100, blank=True)
+    lease_until = models.DateTimeField(null=True, blank=True)
+    updated_at = models.DateTimeField(auto_now=True)

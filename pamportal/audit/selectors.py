@@ -25,6 +25,7 @@ SELECT position,
        actor_id, actor_name, source_ip, request_id, action, target, outcome,
        details, prev_hash, hash
   FROM audit_auditevent
+ WHERE position > %s
  ORDER BY position
 """
 
@@ -36,6 +37,7 @@ def audit_event_list(
     outcome: str = "",
     time_from: datetime | None = None,
     time_to: datetime | None = None,
+    target: str = "",
 ) -> QuerySet[AuditEvent]:
     """Events newest first, narrowed by the audit page's filters (empty means any)."""
     events = AuditEvent.objects.order_by("-position")
@@ -45,6 +47,8 @@ def audit_event_list(
         events = events.filter(action=action)
     if outcome:
         events = events.filter(outcome=outcome)
+    if target:
+        events = events.filter(target__icontains=target)
     if time_from is not None:
         events = events.filter(time__gte=time_from)
     if time_to is not None:
@@ -69,8 +73,9 @@ def audit_head() -> tuple[int, str]:
     return head if head is not None else (0, chain.GENESIS_HASH)
 
 
-def audit_chain_rows(*, chunk_size: int = VERIFY_CHUNK) -> Iterator[tuple]:
-    """Every event as a ``chain.verify_rows`` row, in position order, streamed.
+def audit_chain_rows(*, chunk_size: int = VERIFY_CHUNK, after: int = 0) -> Iterator[tuple]:
+    """Every event (after position ``after``) as a ``chain.verify_rows`` row, in
+    position order, streamed.
 
     On PostgreSQL this is a server-side cursor and must be consumed inside a
     transaction (``audit_chain_verify`` opens one).
@@ -79,11 +84,11 @@ def audit_chain_rows(*, chunk_size: int = VERIFY_CHUNK) -> Iterator[tuple]:
         connection.ensure_connection()
         with connection.connection.cursor(name="audit_chain_rows") as cursor:
             cursor.itersize = chunk_size
-            cursor.execute(_PG_CHAIN_SQL)
+            cursor.execute(_PG_CHAIN_SQL, (after,))
             yield from _read_ahead(cursor, chunk_size)
     else:
         yield from (
-            AuditEvent.objects.order_by("position")
+            AuditEvent.objects.filter(position__gt=after).order_by("position")
             .values_list(*chain.FIELDS, "hash")
             .iterator(chunk_size=chunk_size)
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from django.db import connections, transaction
@@ -25,6 +26,27 @@ _INSERT = f"INSERT INTO audit_auditevent ({', '.join(_COLUMNS)}) VALUES ({', '.j
 _CLAIM_NEXT = "UPDATE audit_audithead SET position = position + 1 WHERE id = 1 RETURNING position, hash"
 _PG_APPEND = f"WITH event AS ({_INSERT} RETURNING position, hash) UPDATE audit_audithead SET hash = event.hash FROM event WHERE id = 1"
 _SET_HEAD_HASH = "UPDATE audit_audithead SET hash = %s WHERE id = 1"
+
+logger = logging.getLogger(__name__)
+
+
+def _checkpoint_every() -> int:
+    from . import conf
+
+    return conf.checkpoint_every()
+
+
+def _checkpoint_inline(position: int, digest: str) -> None:
+    """Sign the head every N events. A signing problem (no key, a lost MEK) must not
+    undo the caller's action: it is logged, and the periodic checkpoint reports it."""
+    from .checkpoints import audit_checkpoint_sign
+    from .models import AuditCheckpoint
+
+    try:
+        with transaction.atomic():  # a savepoint: its failure leaves the caller's work intact
+            audit_checkpoint_sign(position=position, hash=digest, reason=AuditCheckpoint.Reason.EVENTS)
+    except Exception:
+        logger.exception("could not sign the audit checkpoint at position %s", position)
 
 
 # No savepoint: a failed append must fail the caller's whole transaction anyway.
@@ -86,6 +108,9 @@ def audit_record(
         else:
             cursor.execute(_INSERT, values)
             cursor.execute(_SET_HEAD_HASH, [digest])
+    if position % _checkpoint_every() == 0:
+        # Still under the head lock, so exactly one writer signs this position.
+        _checkpoint_inline(position, digest)
     event._state.adding = False
     event._state.db = connection.alias
     return event

@@ -1,21 +1,45 @@
-"""The administrators' audit pages: the filtered event list and one event."""
+"""The audit pages: the filtered event list with the chain badge, one event, exports
+with their signed manifests, checkpoints and SIEM forwarding."""
 
 from __future__ import annotations
 
 import json
 
+from django.contrib import messages
+from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
-from django.shortcuts import get_object_or_404, render
-from django.views.decorators.http import require_GET
+from django.db import transaction
+from django.http import FileResponse, Http404, HttpResponse
+from django.shortcuts import get_object_or_404, redirect, render
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from pamportal.accounts.decorators import require_capability
+from pamportal.accounts.roles import has_capability
 
-from . import chain
-from .forms import AuditFilterForm
-from .models import AuditEvent
-from .selectors import audit_event_list, audit_event_neighbours
+from . import chain, conf
+from .actions import AuditAction
+from .forms import AuditFilterForm, ExportForm, SiemForm
+from .models import AuditChainStatus, AuditCheckpoint, AuditEvent, AuditExport
+from .selectors import audit_event_list, audit_event_neighbours, audit_head
+from .services import audit_record
 
 PAGE_SIZE = 50
+_CONTENT_TYPES = {"csv": "text/csv; charset=utf-8", "jsonl": "application/jsonl; charset=utf-8", "pdf": "application/pdf"}
+
+
+def _trail_facts() -> dict:
+    """The badge and the key: how far the chain is verified, the latest checkpoint and
+    the public key that signs checkpoints and exports."""
+    from .signing import active_public_key, public_pem
+
+    key = active_public_key()
+    return {
+        "chain_status": AuditChainStatus.objects.filter(pk=1).first(),
+        "head_position": audit_head()[0],
+        "checkpoint": AuditCheckpoint.objects.order_by("-time").first(),
+        "signing_key": key,
+        "signing_key_pem": public_pem(key.public_key) if key else "",
+    }
 
 
 @require_GET
@@ -26,8 +50,12 @@ def event_list(request):
     page = Paginator(events, PAGE_SIZE).get_page(request.GET.get("page"))
     context = {"form": form, "page": page}
     # The filter form and the pager swap only the table when htmx is there.
-    template = "audit/_table.html" if request.htmx and not request.htmx.boosted else "audit/list.html"
-    return render(request, template, context)
+    if request.htmx and not request.htmx.boosted:
+        return render(request, "audit/_table.html", context)
+    context.update(_trail_facts())
+    context["export_form"] = ExportForm()
+    context["exports"] = list(AuditExport.objects.select_related("job")[:10])
+    return render(request, "audit/list.html", context)
 
 
 @require_GET
@@ -54,3 +82,126 @@ def event_detail(request, position: int):
             "after": after,
         },
     )
+
+
+# --- exports ----------------------------------------------------------------------------
+@require_POST
+@require_capability("audit.export")
+def export_create(request):
+    from .exports import audit_export_create, audit_export_run
+
+    export_form = ExportForm(request.POST)
+    if not export_form.is_valid():
+        messages.error(request, "Choose CSV, JSON Lines or PDF.")
+        return redirect("audit:list")
+    filters = AuditFilterForm(request.POST).filters()
+    export = audit_export_create(user=request.user, format=export_form.cleaned_data["format"], filters=filters)
+    if export.job_id is None:  # small enough to write now
+        try:
+            audit_export_run(export_id=export.pk)
+        except Exception as exc:  # recorded on the export; the page says what went wrong
+            messages.error(request, f"The export failed: {exc}")
+    return redirect("audit:export_detail", export_id=export.pk)
+
+
+def _export(export_id) -> AuditExport:
+    return get_object_or_404(AuditExport.objects.select_related("job"), pk=export_id)
+
+
+@require_GET
+@require_capability("audit.export")
+def export_detail(request, export_id):
+    from pamportal.jobs.selectors import job_progress
+
+    export = _export(export_id)
+    manifest = json.loads(export.manifest) if export.manifest else None
+    context = {"export": export, "manifest": manifest, **_trail_facts()}
+    if export.job is not None:
+        context["job"] = export.job
+        context["progress"] = job_progress(export.job)
+    return render(request, "audit/export_detail.html", context)
+
+
+def _ready_path(export: AuditExport):
+    if not export.is_ready or not export.file_name:
+        raise Http404("this export is not ready")
+    path = conf.export_dir() / export.file_name
+    if not path.is_file():
+        raise Http404("this export's file is gone")
+    return path
+
+
+@require_GET
+@require_capability("audit.export")
+def export_file(request, export_id):
+    export = _export(export_id)
+    path = _ready_path(export)
+    response = FileResponse(path.open("rb"), as_attachment=True, filename=export.file_name,
+                            content_type=_CONTENT_TYPES[export.format])
+    return response
+
+
+@require_GET
+@require_capability("audit.export")
+def export_manifest(request, export_id):
+    export = _export(export_id)
+    _ready_path(export)
+    response = HttpResponse(export.manifest, content_type="application/json; charset=utf-8")
+    response["Content-Disposition"] = f'attachment; filename="{export.file_name}.manifest.json"'
+    return response
+
+
+# --- checkpoints and SIEM (administrators) -------------------------------------------
+@require_POST
+@require_capability("audit.configure")
+def checkpoint_now(request):
+    from .checkpoints import audit_checkpoint_periodic
+
+    with transaction.atomic():
+        audit_record(action=AuditAction.AUDIT_CHECKPOINT_REQUESTED, target="audit chain")
+    outcome = audit_checkpoint_periodic(reason=AuditCheckpoint.Reason.MANUAL)
+    if outcome["ok"]:
+        messages.success(request, f"Checkpoint signed at event {outcome['verified_position']}.")
+    else:
+        messages.error(request, f"Not signed: the chain is broken at event {outcome['first_bad_position']}: "
+                                f"{outcome['reason']}")
+    return redirect("audit:list")
+
+
+@require_http_methods(["GET", "POST"])
+@require_capability("audit.view")
+def siem_settings(request):
+    from .siem import siem_collector, siem_configure
+
+    collector = siem_collector()
+    may_configure = has_capability(request.user, "audit.configure")
+    if request.method == "POST":
+        if not may_configure:
+            raise PermissionDenied("audit.configure")
+        form = SiemForm(request.POST)
+        if form.is_valid():
+            siem_configure(**form.cleaned_data)
+            messages.success(request, "SIEM forwarding saved.")
+            return redirect("audit:siem")
+    else:
+        initial = {"host": collector.host, "port": collector.port, "ca_pem": collector.ca_pem, "enabled": collector.enabled}
+        form = SiemForm(initial=initial)
+    return render(
+        request, "audit/siem.html",
+        {"form": form, "collector": collector, "may_configure": may_configure, "head_position": audit_head()[0]},
+    )
+
+
+@require_POST
+@require_capability("audit.configure")
+def siem_forward_now(request):
+    from .siem import siem_forward
+
+    outcome = siem_forward()
+    if outcome.get("error"):
+        messages.error(request, f"Forwarding stopped after {outcome['sent']} events: {outcome['error']}")
+    elif outcome.get("skipped"):
+        messages.warning(request, f"Nothing sent: {outcome['skipped']}.")
+    else:
+        messages.success(request, f"{outcome['sent']} events sent; the cursor is at {outcome['cursor']}.")
+    return redirect("audit:siem")

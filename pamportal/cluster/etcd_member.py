@@ -146,20 +146,35 @@ class MemberConfig:
         )
 
 
+def listen_address(address: str) -> str:
+    """etcd binds to IP addresses only: an FQDN node address listens on what it
+    resolves to (preflight's address.resolves-to-self made sure that is this node)."""
+    import ipaddress
+    import socket
+
+    host = address.strip("[]")
+    try:
+        ipaddress.ip_address(host)
+        return host
+    except ValueError:
+        return socket.gethostbyname(host)
+
+
 def command_line(cfg: MemberConfig, *, binary: str | None = None) -> list[str]:
+    listen = listen_address(cfg.address)
     return [
         binary or etcd_binary(),
         f"--name={cfg.name}",
         f"--data-dir={cfg.data_dir}",
         # client side: this address only, TLS, cluster-CA client certificates only
-        f"--listen-client-urls={cfg.client_url}",
+        f"--listen-client-urls={client_url(listen, cfg.client_port)}",
         f"--advertise-client-urls={cfg.client_url}",
         f"--cert-file={cfg.cert_file}",
         f"--key-file={cfg.key_file}",
         f"--trusted-ca-file={cfg.ca_file}",
         "--client-cert-auth=true",
         # peer side, the same rules
-        f"--listen-peer-urls={cfg.peer_url}",
+        f"--listen-peer-urls={peer_url(listen, cfg.peer_port)}",
         f"--initial-advertise-peer-urls={cfg.peer_url}",
         f"--peer-cert-file={cfg.cert_file}",
         f"--peer-key-file={cfg.key_file}",

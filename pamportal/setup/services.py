@@ -28,6 +28,7 @@ from django_otp.plugins.otp_totp.models import TOTPDevice
 from pamportal.accounts.roles import Role
 from pamportal.audit.actions import AuditAction, Outcome
 from pamportal.audit.services import audit_record
+from pamportal.cluster import local_member
 from pamportal.nodes.services import node_facts_collect
 from pamportal.core import context
 from pamportal.crypto import mek
@@ -671,4 +672,9 @@ def setup_finalise(*, user):
     node_services.node_tls_files_write(
         cert_pem=node_issued.cert_pem, key_pem=node_issued.key_pem, ca_cert_pem=ca_issued.cert_pem
     )
+    # The standalone node runs a one-member etcd (``serve`` starts it from this file),
+    # ready to lead a cluster. Without the etcd binary preflight has said how to fix it.
+    if local_member.etcd_available():
+        address = node.address
+        transaction.on_commit(lambda: local_member.local_member_configure(address=address))
     return node

@@ -1,6 +1,6 @@
 from django.urls import path
 
-from . import views
+from . import join_views, views
 
 app_name = "setup"
 urlpatterns = [
@@ -21,4 +21,9 @@ urlpatterns = [
     path("mek/confirm/", views.mek_confirm, name="mek_confirm"),
     path("mek/discard/", views.mek_discard, name="mek_discard"),
     path("finalise/", views.finalise_step, name="finalise"),
+    # Or: join an existing cluster as a follower.
+    path("join/", join_views.join_start, name="join"),
+    path("join/status/", join_views.join_status, name="join_status"),
+    path("join/check/", join_views.join_check, name="join_check"),
+    path("join/send/", join_views.join_send, name="join_send"),
 ]

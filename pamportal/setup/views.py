@@ -24,6 +24,7 @@ from pamportal.accounts.qr import qr_svg
 
 from . import partners, services
 from .forms import AdministratorForm, MekForm, NodeForm, SetupCodeForm, TokenForm
+from .join import joining_cluster
 from .selectors import NODE_STEPS, node_setup_due, setup_is_complete, setup_token_usable
 from .steps import STEP_BY_KEY, step_list
 
@@ -83,6 +84,8 @@ def _guard(request, step: str):
 def start(request):
     if setup_is_complete():
         due = node_setup_due()
+        if due is not None and has_capability(request.user, "setup.finalise") and joining_cluster():
+            return redirect("setup:join_status")
         if due is not None and has_capability(request.user, "setup.finalise"):
             return redirect(STEP_BY_KEY[due].url_name)
         return _complete(request)

@@ -95,7 +95,7 @@ class NodeEnv:
             except ProcessLookupError:
                 pass
         try:
-            proc.wait(timeout=20)
+            proc.wait(timeout=30)  # longer than serve's own grace for its children
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=10)

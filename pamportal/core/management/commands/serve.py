@@ -15,11 +15,14 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
-STOP_GRACE_SECONDS = 20
+# A warm Celery shutdown waits for running steps (a join can wait for hours); after
+# this grace the rest is killed, which leases and idempotent steps make safe.
+STOP_GRACE_SECONDS = 10
 # A new certificate is picked up once its file has stayed unchanged this long, so a
 # reload never catches the key and the certificate half-written.
 CERT_SETTLE_SECONDS = 1.0
@@ -60,25 +63,32 @@ class CertificateWatch:
 
 
 class Command(BaseCommand):
-    help = "Run the HTTPS console and the Celery worker (with beat) until interrupted."
+    help = "Run the node: HTTPS console, Celery worker (with beat), and once the node has its cluster certificate the setup API, the delegation API and its etcd member."
 
     def add_arguments(self, parser):
         parser.add_argument("--workers", type=int, default=2, help="gunicorn worker processes")
         parser.add_argument("--concurrency", type=int, default=2, help="Celery worker processes")
 
+    @staticmethod
+    def _bind(port: int) -> str:
+        bind = settings.PAM_BIND_ADDRESS
+        return f"[{bind}]:{port}" if ":" in bind else f"{bind}:{port}"
+
+    def _gunicorn(self, port: int, workers: int, *extra: str) -> list[str]:
+        return [
+            sys.executable, "-m", "gunicorn", "pamportal.wsgi:application",
+            "--bind", self._bind(port),
+            "--certfile", str(settings.PAM_TLS_CERT), "--keyfile", str(settings.PAM_TLS_KEY),
+            "--workers", str(workers), "--worker-class", "gthread", "--threads", "4",
+            "--timeout", "60", "--access-logfile", "-", "--forwarded-allow-ips", "", *extra,
+        ]
+
     def commands(self, workers: int, concurrency: int) -> dict[str, list[str]]:
+        """The processes without which the node is down: console and worker."""
         if not (settings.PAM_TLS_CERT.exists() and settings.PAM_TLS_KEY.exists()):
             raise CommandError("no TLS certificate in the data dir: run `manage.py tls_ensure` first")
-        bind = settings.PAM_BIND_ADDRESS
-        bind = f"[{bind}]" if ":" in bind else bind
         return {
-            "web": [
-                sys.executable, "-m", "gunicorn", "pamportal.wsgi:application",
-                "--bind", f"{bind}:{settings.PAM_HTTPS_PORT}",
-                "--certfile", str(settings.PAM_TLS_CERT), "--keyfile", str(settings.PAM_TLS_KEY),
-                "--workers", str(workers), "--worker-class", "gthread", "--threads", "4",
-                "--timeout", "60", "--access-logfile", "-", "--forwarded-allow-ips", "",
-            ],
+            "web": self._gunicorn(settings.PAM_HTTPS_PORT, workers),
             "worker": [
                 sys.executable, "-m", "celery", "-A", "pamportal", "worker", "--beat",
                 "--schedule", settings.CELERY_BEAT_SCHEDULE_FILENAME,
@@ -87,12 +97,46 @@ class Command(BaseCommand):
             ],
         }
 
+    def cluster_commands(self) -> dict[str, tuple[list[str], dict[str, str]]]:
+        """The cluster listeners and etcd, wanted once their prerequisites exist: the
+        cluster CA (setup finalised or joined) and this node's member configuration."""
+        from pamportal.cluster.etcd_member import command_line
+        from pamportal.cluster.local_member import etcd_available, local_member_config
+        from pamportal.nodes.services import ca_cert_path
+
+        wanted: dict[str, tuple[list[str], dict[str, str]]] = {}
+        ca = ca_cert_path()
+        if ca.exists():
+            wanted["setup-api"] = (self._gunicorn(settings.PAM_SETUP_API_PORT, 1), {"PAM_LISTENER": "setup-api"})
+            wanted["delegation"] = (
+                # Mutual TLS: only clients with a certificate from the cluster CA.
+                self._gunicorn(settings.PAM_DELEGATION_API_PORT, 1, "--cert-reqs", "2", "--ca-certs", str(ca)),
+                {"PAM_LISTENER": "delegation"},
+            )
+        member = local_member_config()
+        if member is not None and ca.exists() and etcd_available():
+            Path(member.data_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
+            wanted["etcd"] = (command_line(member), {})
+        return wanted
+
+    def _start(self, name: str, command: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
+        full_env = {**os.environ, **(env or {})}
+        if name == "etcd":
+            log = open(Path(settings.PAM_LOG_DIR) / "etcd.log", "ab")
+            try:
+                return subprocess.Popen(command, start_new_session=True, env=full_env, stdout=log, stderr=subprocess.STDOUT)
+            finally:
+                log.close()
+        return subprocess.Popen(command, start_new_session=True, env=full_env)
+
     def handle(self, *args, workers: int, concurrency: int, **options):
         commands = self.commands(workers, concurrency)
         host = "localhost" if settings.PAM_BIND_ADDRESS in ("127.0.0.1", "0.0.0.0", "::") else settings.PAM_BIND_ADDRESS
         self.stdout.write(self.style.SUCCESS(f"pamportal console: https://{host}:{settings.PAM_HTTPS_PORT}/"))
         self.stdout.write("Press Ctrl-C to stop the console and the worker.")
-        processes = {name: subprocess.Popen(cmd, start_new_session=True) for name, cmd in commands.items()}
+        processes = {name: self._start(name, cmd) for name, cmd in commands.items()}
+        restart_after: dict[str, float] = {}
+        backoff: dict[str, float] = {}
         stopping = False
 
         def request_stop(signum, frame):
@@ -105,15 +149,19 @@ class Command(BaseCommand):
         watch = CertificateWatch()
         try:
             while not stopping:
-                if watch.changed() and processes["web"].poll() is None:
-                    self.stdout.write("TLS certificate replaced: reloading the console (SIGHUP to gunicorn)")
-                    os.kill(processes["web"].pid, signal.SIGHUP)
-                for name, proc in processes.items():
-                    if proc.poll() is not None:
-                        self.stderr.write(f"{name} exited with status {proc.returncode}; stopping the node")
-                        exit_code = proc.returncode or 1
+                if watch.changed():
+                    self.stdout.write("TLS certificate replaced: reloading the listeners (SIGHUP to gunicorn)")
+                    for name in ("web", "setup-api", "delegation"):
+                        if name in processes and processes[name].poll() is None:
+                            os.kill(processes[name].pid, signal.SIGHUP)
+                for name in commands:
+                    if processes[name].poll() is not None:
+                        self.stderr.write(f"{name} exited with status {processes[name].returncode}; stopping the node")
+                        exit_code = processes[name].returncode or 1
                         stopping = True
                         break
+                if not stopping:
+                    self._supervise_cluster(processes, restart_after, backoff)
                 time.sleep(0.5)
         finally:
             self._stop_all(processes)
@@ -121,6 +169,27 @@ class Command(BaseCommand):
             raise CommandError(f"a node process failed (status {exit_code})")
         self.stdout.write("pamportal stopped.")
 
+    def _supervise_cluster(self, processes, restart_after, backoff) -> None:
+        """Start wanted cluster processes, restart them (with back-off) when they die,
+        stop the ones no longer wanted (e.g. etcd after this node left the cluster)."""
+        wanted = self.cluster_commands()
+        now = time.monotonic()
+        for name in [n for n in processes if n not in ("web", "worker") and n not in wanted]:
+            self.stdout.write(f"{name} is no longer needed on this node: stopping it")
+            self._stop_all({name: processes.pop(name)})
+        for name, (command, env) in wanted.items():
+            proc = processes.get(name)
+            if proc is not None and proc.poll() is None:
+                continue
+            if proc is not None:
+                self.stderr.write(f"{name} exited with status {proc.returncode}")
+                del processes[name]
+                backoff[name] = min(backoff.get(name, 1.0) * 2, 30.0)
+                restart_after[name] = now + backoff[name]
+            if now < restart_after.get(name, 0):
+                continue
+            self.stdout.write(f"starting {name}")
+            processes[name] = self._start(name, command, env)
     def _stop_all(self, processes: dict[str, subprocess.Popen]) -> None:
         for proc in processes.values():
             if proc.poll() is None:

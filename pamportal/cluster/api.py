@@ -1,0 +1,135 @@
+"""The cluster setup API (port 2390, on the leader) and the delegation API's heartbeat
+(port 2391, every node, mutual TLS). JSON in and out, no sessions, no CSRF: a join is
+authenticated by the bundle's join token and the MEK proof, a poll by its poll secret,
+the delegation API by the cluster-CA client certificate gunicorn requires.
+
+Every answer is ``{"ok": true, ...}`` or ``{"ok": false, "error": {"code", "message"}}``;
+the codes are in ``protocol.REFUSALS`` and the follower shows the message.
+"""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.http import JsonResponse
+from django.utils import timezone
+from django.views.decorators.cache import never_cache
+from django.views.decorators.csrf import csrf_exempt
+from django.views.decorators.http import require_GET, require_POST
+
+from . import conf, protocol, services
+from .models import Decision, RequestState
+
+
+def _refusal(code: str, message: str) -> JsonResponse:
+    status = protocol.REFUSALS.get(code, (400, ""))[0]
+    return JsonResponse({"ok": False, "error": {"code": code, "message": message}}, status=status)
+
+
+def _source_ip(request) -> str:
+    return request.META.get("REMOTE_ADDR", "")
+
+
+@csrf_exempt
+@never_cache
+@require_POST
+def join(request):
+    """``POST api/setup/v1/join``: a follower asks to join with its bundle's token."""
+    length = request.META.get("CONTENT_LENGTH") or "0"
+    limit = conf.setup_api_max_body()
+    try:
+        declared = int(length)
+    except ValueError:
+        declared = 0
+    try:
+        if declared > limit:
+            raise protocol.ProtocolError("too_large", protocol.refusal_message("too_large", str(limit)))
+        body = request.read(limit + 1)
+        payload = protocol.parse_join(protocol.loads_strict(body, max_bytes=limit))
+    except protocol.ProtocolError as error:
+        services.join_refusal_record(code=error.code, message=error.message, source_ip=_source_ip(request))
+        return _refusal(error.code, error.message)
+    try:
+        accepted = services.join_request_create(payload=payload, source_ip=_source_ip(request))
+    except services.ClusterRefused as refused:
+        return _refusal(refused.code, refused.message)
+    join_request = accepted.request
+    return JsonResponse({
+        "ok": True,
+        "request_id": str(join_request.public_id),
+        "poll_secret": accepted.poll_secret,
+        "state": join_request.state,
+        "required_approvals": join_request.required_approvals,
+        "expires_at": join_request.expires_at.isoformat(),
+    }, status=201)
+
+
+def _bearer(request) -> str:
+    header = request.META.get("HTTP_AUTHORIZATION", "")
+    scheme, _, value = header.partition(" ")
+    return value.strip() if scheme.lower() == "bearer" else ""
+
+
+def join_status_payload(join_request) -> dict:
+    """What the follower's poll gets back."""
+    votes = list(join_request.votes.all())
+    data = {
+        "ok": True,
+        "request_id": str(join_request.public_id),
+        "state": join_request.state,
+        "approvals": sum(1 for v in votes if v.decision == Decision.APPROVE),
+        "denials": sum(1 for v in votes if v.decision == Decision.DENY),
+        "required_approvals": join_request.required_approvals,
+        "expires_at": join_request.expires_at.isoformat(),
+        "failure_reason": join_request.failure_reason,
+        "handover": None,
+    }
+    if join_request.state == RequestState.PENDING and join_request.expires_at <= timezone.now():
+        data["state"] = RequestState.EXPIRED.value
+    if join_request.handed_over_at is not None and join_request.state in (RequestState.RUNNING, RequestState.DONE):
+        data["handover"] = {
+            "cert_pem": join_request.cert_pem,
+            "ca_pem": join_request.ca_pem,
+            "etcd_initial_cluster": join_request.etcd_initial_cluster,
+            "etcd_member_name": join_request.etcd_member_name,
+            "etcd_member_id": join_request.etcd_member_id,
+            "etcd_initial_cluster_state": "existing",
+        }
+    return data
+
+
+@csrf_exempt
+@never_cache
+@require_GET
+def join_status(request, request_id):
+    """``GET api/setup/v1/join/<request_id>`` with ``Authorization: Bearer <poll_secret>``."""
+    try:
+        join_request = services.join_request_for_poll(public_id=request_id, poll_secret=_bearer(request))
+    except services.ClusterRefused as refused:
+        return _refusal(refused.code, refused.message)
+    return JsonResponse(join_status_payload(join_request))
+
+
+@csrf_exempt
+@never_cache
+@require_GET
+def leader_time(request):
+    """``GET api/setup/v1/time``: the leader's clock, for the follower's 2-second check."""
+    now = timezone.now()
+    return JsonResponse({"ok": True, "time": now.isoformat(), "epoch": now.timestamp(),
+                         "version": settings.PAM_VERSION})
+
+
+@csrf_exempt
+@never_cache
+@require_GET
+def heartbeat(request):
+    """``GET api/delegation/v1/heartbeat``: this node is up, and who it is. Served only
+    behind mutual TLS (cluster-CA client certificates), so the caller is a node."""
+    from pamportal.nodes.selectors import node_address, node_current
+
+    node = node_current()
+    return JsonResponse({
+        "ok": True, "status": "ok", "address": node_address(node), "role": node.role,
+        "version": settings.PAM_VERSION, "finalised": node.finalised_at is not None,
+        "time": timezone.now().isoformat(),
+    })

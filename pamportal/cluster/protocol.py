@@ -1,0 +1,172 @@
+"""The cluster setup API's wire format, shared by the leader and the follower.
+
+Pure functions: canonical JSON (what the join proof and the request hash cover),
+strict parsing of a join request, version compatibility, and the refusal codes with
+the messages a follower shows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from pamportal.crypto.bundle import canonical_json, normalize_address
+
+SETUP_API_PREFIX = "/api/setup/v1/"
+DELEGATION_API_PREFIX = "/api/delegation/v1/"
+
+# The join request, exactly these fields; "proof" covers all the others.
+JOIN_FIELDS = frozenset(
+    {"bundle_id", "token", "follower_address", "follower_version", "csr_pem", "preflight_summary", "proof"}
+)
+_MAX_TEXT = {"bundle_id": 64, "token": 256, "follower_address": 253, "follower_version": 32, "csr_pem": 8192,
+             "proof": 256}
+_VERSION = re.compile(r"^(\d{1,4})\.(\d{1,4})\.(\d{1,6})$")
+
+
+class ProtocolError(ValueError):
+    """A request that does not follow the format; ``code`` is one of REFUSALS."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+# code -> (HTTP status, what the follower shows)
+REFUSALS: dict[str, tuple[int, str]] = {
+    "bad_request": (400, "The join request is not valid: {detail}"),
+    "too_large": (413, "The join request is larger than the leader accepts ({detail} bytes)."),
+    "not_ready": (503, "The leader is not ready to accept joins: {detail}"),
+    "unknown_bundle": (403, "The leader does not know this joining bundle. Generate a new one on the leader."),
+    "bad_token": (403, "The bundle's join token is not the one the leader issued: the bundle file was altered."),
+    "expired": (403, "This joining bundle expired on {detail}. Generate a new one on the leader."),
+    "used": (403, "This joining bundle was already used; a bundle works once. Generate a new one on the leader."),
+    "revoked": (403, "This joining bundle was revoked on the leader. Generate a new one on the leader."),
+    "wrong_address": (403, "This joining bundle is for {detail}, not for this node. Use the bundle made for this "
+                           "node's address."),
+    "bad_proof": (403, "The proof of the Master Encryption Key does not match: the MEK typed on this node is not "
+                       "the cluster's."),
+    "incompatible_version": (409, "This node runs version {detail}; the leader runs {extra}. A node joins only a "
+                                  "cluster of the same major.feature version: upgrade it first."),
+    "bad_csr": (400, "The certificate request is not valid: {detail}"),
+    "unauthorised": (403, "The poll secret does not match this join request."),
+    "unknown_request": (404, "The leader has no such join request."),
+}
+
+
+def refusal_message(code: str, detail: str = "", extra: str = "") -> str:
+    return REFUSALS[code][1].format(detail=detail, extra=extra)
+
+
+def canonical(value: Any) -> bytes:
+    """The one byte encoding of a JSON value that proofs and hashes are computed over:
+    keys sorted, no whitespace, ASCII only (non-ASCII escaped), no NaN/Infinity."""
+    return canonical_json(value)
+
+
+def proof_message(request: dict[str, Any]) -> bytes:
+    """What the follower's MEK proof covers: the canonical request without "proof"."""
+    return canonical({k: v for k, v in request.items() if k != "proof"})
+
+
+def join_request_hash(*, bundle_id: str, follower_address: str, follower_version: str, csr_pem: str,
+                      preflight_summary: dict) -> str:
+    """SHA-256 over the canonical operation the approvers vote on."""
+    operation = {
+        "kind": "cluster.join", "bundle_id": str(bundle_id), "follower_address": follower_address,
+        "follower_version": follower_version, "csr_pem": csr_pem, "preflight_summary": preflight_summary,
+    }
+    return hashlib.sha256(canonical(operation)).hexdigest()
+
+
+def removal_request_hash(*, address: str, etcd_member_id: str, reason: str) -> str:
+    operation = {"kind": "cluster.remove", "address": address, "etcd_member_id": etcd_member_id, "reason": reason}
+    return hashlib.sha256(canonical(operation)).hexdigest()
+
+
+def parse_version(text: str) -> tuple[int, int, int]:
+    match = _VERSION.match(text or "")
+    if not match:
+        raise ValueError(f"{text!r} is not a version of the form major.feature.patch")
+    return int(match[1]), int(match[2]), int(match[3])
+
+
+def versions_compatible(leader: str, follower: str) -> bool:
+    """A node joins only a cluster of the same major.feature (patches may differ)."""
+    return parse_version(leader)[:2] == parse_version(follower)[:2]
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict:
+    keys = [k for k, _ in pairs]
+    if len(keys) != len(set(keys)):
+        raise ProtocolError("bad_request", refusal_message("bad_request", "a field appears twice"))
+    return dict(pairs)
+
+
+def _no_constants(name: str):
+    raise ProtocolError("bad_request", refusal_message("bad_request", f"{name} is not allowed in JSON"))
+
+
+def loads_strict(body: bytes, *, max_bytes: int) -> Any:
+    """JSON from a request body: bounded, UTF-8, no duplicate keys, no NaN/Infinity."""
+    if len(body) > max_bytes:
+        raise ProtocolError("too_large", refusal_message("too_large", str(max_bytes)))
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ProtocolError("bad_request", refusal_message("bad_request", "the body is not UTF-8")) from None
+    try:
+        return json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constants)
+    except ProtocolError:
+        raise
+    except (ValueError, RecursionError):
+        raise ProtocolError("bad_request", refusal_message("bad_request", "the body is not JSON")) from None
+
+
+@dataclass(frozen=True)
+class JoinPayload:
+    bundle_id: str
+    token: str
+    follower_address: str
+    follower_version: str
+    csr_pem: str
+    preflight_summary: dict
+    proof: str
+    raw: dict
+
+    @property
+    def proof_message(self) -> bytes:
+        return proof_message(self.raw)
+
+
+def parse_join(data: Any) -> JoinPayload:
+    """Check the join request's shape: exactly JOIN_FIELDS, strings where strings go
+    (bounded), preflight_summary an object. The meaning is checked by the leader."""
+    def bad(detail: str) -> ProtocolError:
+        return ProtocolError("bad_request", refusal_message("bad_request", detail))
+
+    if not isinstance(data, dict):
+        raise bad("the body must be a JSON object")
+    missing = sorted(JOIN_FIELDS - data.keys())
+    extra = sorted(data.keys() - JOIN_FIELDS)
+    if missing:
+        raise bad(f"missing field{'s' if len(missing) > 1 else ''} {', '.join(missing)}")
+    if extra:
+        raise bad(f"unknown field{'s' if len(extra) > 1 else ''} {', '.join(extra)}")
+    for name, limit in _MAX_TEXT.items():
+        value = data[name]
+        if not isinstance(value, str) or not value:
+            raise bad(f"{name} must be a non-empty string")
+        if len(value) > limit:
+            raise bad(f"{name} is longer than {limit} characters")
+    if not isinstance(data["preflight_summary"], dict):
+        raise bad("preflight_summary must be an object")
+    return JoinPayload(
+        bundle_id=data["bundle_id"], token=data["token"], follower_address=normalize_address(data["follower_address"]),
+        follower_version=data["follower_version"], csr_pem=data["csr_pem"],
+        preflight_summary=data["preflight_summary"], proof=data["proof"], raw=data,
+    )

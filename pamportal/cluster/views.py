@@ -1,0 +1,140 @@
+"""Cluster pages: the cluster, joining bundles, requests and votes, the approval policy."""
+
+from __future__ import annotations
+
+from django.contrib import messages
+from django.core.exceptions import PermissionDenied
+from django.http import HttpResponse
+from django.shortcuts import redirect, render
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
+
+from pamportal.accounts.decorators import require_capability
+
+from . import selectors, services
+from .forms import BundleForm, PolicyForm, RemovalForm, VoteForm
+
+
+@require_capability("cluster.view")
+@require_GET
+def overview(request):
+    return render(request, "cluster/overview.html", {
+        "overview": selectors.cluster_overview(),
+        "removal_form": RemovalForm(),
+        "removing": selectors.open_removal_member_ids(),
+    })
+
+
+@require_capability("cluster.view")
+@require_GET
+def bundles(request):
+    return render(request, "cluster/bundles.html", {"bundles": selectors.bundle_list()[:100], "form": BundleForm()})
+
+
+@require_capability("bundles.manage")
+@require_POST
+def bundle_generate(request):
+    form = BundleForm(request.POST)
+    if not form.is_valid():
+        messages.error(request, "Enter the follower's address.")
+        return redirect("cluster:bundles")
+    try:
+        bundle = services.bundle_generate(user=request.user, follower_address=form.cleaned_data["follower_address"])
+    except services.ClusterRefused as refused:
+        messages.error(request, refused.message)
+    else:
+        messages.success(request, f"A bundle for {bundle.follower_address} is being made; download it from the "
+                                  f"list once it is ready.")
+    return redirect("cluster:bundles")
+
+
+@require_capability("bundles.manage")
+@require_POST
+def bundle_download(request, bundle_id):
+    selectors.access_bundle_by_id(request.user, bundle_id)
+    try:
+        file = services.bundle_download(user=request.user, bundle_id=bundle_id)
+    except services.ClusterRefused as refused:
+        messages.error(request, refused.message)
+        return redirect("cluster:bundles")
+    response = HttpResponse(file.data, content_type="application/json")
+    response["Content-Disposition"] = f'attachment; filename="{file.filename}"'
+    response["Cache-Control"] = "no-store"
+    return response
+
+
+@require_capability("bundles.manage")
+@require_POST
+def bundle_revoke(request, bundle_id):
+    selectors.access_bundle_by_id(request.user, bundle_id)
+    try:
+        bundle = services.bundle_revoke(user=request.user, bundle_id=bundle_id)
+    except services.ClusterRefused as refused:
+        messages.error(request, refused.message)
+    else:
+        messages.success(request, f"The bundle for {bundle.follower_address} is revoked.")
+    return redirect("cluster:bundles")
+
+
+@require_capability("cluster.view")
+@require_GET
+def requests(request):
+    return render(request, "cluster/requests.html", {
+        "views": selectors.request_views(request.user), "vote_form": VoteForm(),
+        "may_vote": selectors.may_vote(request.user),
+    })
+
+
+_VOTE_SERVICES = {"join": services.join_request_vote, "removal": services.removal_request_vote}
+
+
+@require_capability("cluster.view")
+@require_POST
+def vote(request, kind: str, pk: int):
+    if kind not in _VOTE_SERVICES or not selectors.may_vote(request.user):
+        raise PermissionDenied("joins.vote")
+    form = VoteForm(request.POST)
+    data = form.cleaned_data if form.is_valid() else {}
+    try:
+        result = _VOTE_SERVICES[kind](request_id=pk, user=request.user, decision=data.get("decision", ""),
+                                      totp_code=data.get("totp_code", ""))
+    except services.ClusterRefused as refused:
+        messages.error(request, refused.message)
+    else:
+        messages.success(request, f"Your vote is recorded; the request is {result.get_state_display().lower()}.")
+    return redirect("cluster:requests")
+
+
+@require_capability("cluster.policy")
+@require_http_methods(["GET", "POST"])
+def policy(request):
+    current = services.policy_current()
+    form = PolicyForm(request.POST or None, initial={
+        "required_approvals": current.required_approvals, "approver_role": current.approver_role,
+        "request_lifetime_hours": current.request_lifetime_hours})
+    if request.method == "POST" and form.is_valid():
+        try:
+            services.policy_update(user=request.user, **form.cleaned_data)
+        except services.ClusterRefused as refused:
+            messages.error(request, refused.message)
+        else:
+            messages.success(request, "The approval policy is changed; requests already made keep theirs.")
+            return redirect("cluster:policy")
+    return render(request, "cluster/policy.html", {"form": form, "policy": current})
+
+
+@require_capability("cluster.remove")
+@require_POST
+def member_remove(request, pk: int):
+    form = RemovalForm(request.POST)
+    if not form.is_valid():
+        messages.error(request, "Give a reason of at least 10 characters.")
+        return redirect("cluster:overview")
+    try:
+        services.removal_request_create(user=request.user, member_id=pk, reason=form.cleaned_data["reason"])
+    except services.ClusterRefused as refused:
+        messages.error(request, refused.message)
+    else:
+        messages.success(request, "The removal is requested; it needs the approvals of the policy.")
+    return redirect("cluster:requests")
+
+

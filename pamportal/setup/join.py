@@ -1,0 +1,376 @@
+"""First boot as a follower: open the joining bundle with the MEK, check the way to the
+leader, ask the leader's setup API (2390) to join, and follow the request until this
+node is a voting member of the cluster.
+
+The leader's certificate is pinned to the CA carried in the bundle. Secrets this node
+keeps meanwhile (join token, poll secret, its new private key) are sealed under the
+MEK, which is installed once it has opened the bundle (so it is the cluster's).
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import ssl
+import time
+import urllib.error
+import urllib.request
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from pamportal.audit.actions import AuditAction, Outcome
+from pamportal.audit.services import audit_record
+from pamportal.cluster import local_member, protocol
+from pamportal.cluster.etcd_member import certificate_addresses
+from pamportal.crypto import bundle as bundle_format
+from pamportal.crypto import ca as ca_format
+from pamportal.crypto import mek as mek_format
+from pamportal.jobs.registry import JobKind, StepSpec, register
+from pamportal.nodes import keystore
+
+from .models import FollowerJoin, JoinState
+
+FOLLOW_KIND = "cluster.follow"
+CLOCK_LIMIT_SECONDS = 2.0
+PROBE_TIMEOUT = 3.0
+POLL_INTERVAL = 2.0
+# The seal purposes of what the follower keeps while joining.
+_TOKEN, _POLL, _KEY = "join-token", "join-poll-secret", "node-tls-key"
+
+
+class JoinRefused(Exception):
+    """A refusal the operator reads, with a stable code for the audit trail."""
+
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def _refuse(code: str, message: str, target: str) -> JoinRefused:
+    """Record the refusal in its own transaction (it survives the caller's rollback)."""
+    with transaction.atomic():
+        audit_record(action=AuditAction.JOIN_REFUSED_LOCALLY, target=target, outcome=Outcome.DENIED,
+                     details={"code": code, "message": message})
+    return JoinRefused(code, message)
+
+
+def join_current() -> FollowerJoin | None:
+    return FollowerJoin.objects.order_by("-pk").first()
+
+
+def joining_cluster() -> bool:
+    """This node chose to join a cluster (and that join has not failed)."""
+    join = join_current()
+    return join is not None and join.state != JoinState.FAILED
+
+
+# --- 1. open the bundle ----------------------------------------------------------------
+def join_bundle_open(*, user, data: bytes, mek_text: str, own_address: str) -> FollowerJoin:
+    """Open the bundle with the typed MEK and keep what it says. Refusals (wrong MEK,
+    tampered, expired, for another address, not a bundle …) change nothing."""
+    from pamportal.preflight.checks import address_problem
+
+    own_address = (own_address or "").strip()
+    problem = address_problem(own_address)
+    if problem:
+        raise _refuse("bad_address", f"This node's address is not valid: {problem}", "join:bundle")
+    try:
+        key = mek_format.decode(mek_text)
+    except mek_format.MekFormatError as error:
+        raise _refuse("mek_format", str(error), "join:bundle") from None
+    try:
+        opened = bundle_format.bundle_open(data, mek=key, now=timezone.now(), own_address=own_address)
+    except bundle_format.BundleError as error:
+        raise _refuse(error.code, error.message, f"bundle:{error.bundle_id or 'unknown'}") from None
+    current = join_current()
+    if current is not None and current.state not in (JoinState.FAILED, JoinState.OPENED, JoinState.CHECKED):
+        raise _refuse("join_under_way", "A join is already under way on this node; follow it on its page.",
+                      "join:bundle")
+    if keystore.mek_exists():
+        if not keystore.mek_matches(key):
+            raise _refuse("other_mek", "This node already holds another Master Encryption Key.", "join:bundle")
+    with transaction.atomic():
+        if not keystore.mek_exists():
+            keystore.mek_install(key)
+        join = FollowerJoin.objects.create(
+            created_by=user.get_username(), own_address=opened.follower_address,
+            leader_address=opened.leader_address, leader_ports=opened.leader_ports.as_dict(),
+            leader_version=opened.leader_version, cluster_id=opened.cluster_id, bundle_id=opened.bundle_id,
+            ca_cert_pem=opened.ca_cert_pem, bundle_expires=opened.expires,
+            sealed_join_token=keystore.seal(purpose=_TOKEN, data=opened.join_token.encode()),
+            mek_fingerprint=mek_format.fingerprint(key),
+        )
+        audit_record(action=AuditAction.JOIN_BUNDLE_OPENED, target=f"bundle:{opened.bundle_id}",
+                     details={"leader": opened.leader_address, "cluster_id": opened.cluster_id,
+                              "own_address": opened.follower_address})
+    return join
+
+
+# --- 2. preflight against the leader -----------------------------------------------------
+def _leader_context(join: FollowerJoin) -> ssl.SSLContext:
+    context = ssl.create_default_context(cadata=join.ca_cert_pem)  # pinned: only the cluster CA
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    return context
+
+
+def _leader_url(join: FollowerJoin, path: str) -> str:
+    host = join.leader_address
+    host = f"[{host}]" if ":" in host else host
+    return f"https://{host}:{join.leader_ports['setup_api']}{path}"
+
+
+def leader_call(join: FollowerJoin, path: str, *, body: dict | None = None, bearer: str = "",
+                timeout: float = 10.0) -> tuple[int, dict]:
+    """Call the leader's setup API; (HTTP status, JSON answer). Raises OSError when the
+    leader cannot be reached or its certificate is not from the bundle's CA."""
+    data = protocol.canonical(body) if body is not None else None
+    request = urllib.request.Request(_leader_url(join, path), data=data, method="POST" if body is not None else "GET")
+    request.add_header("Accept", "application/json")
+    if data is not None:
+        request.add_header("Content-Type", "application/json")
+    if bearer:
+        request.add_header("Authorization", f"Bearer {bearer}")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout, context=_leader_context(join)) as response:
+            return response.status, json.loads(response.read(1 << 20) or b"{}")
+    except urllib.error.HTTPError as error:
+        try:
+            return error.code, json.loads(error.read(1 << 20) or b"{}")
+        except ValueError:
+            return error.code, {}
+
+
+def _check(check_id: str, title: str, ok: bool, measured: str, message: str) -> dict:
+    return {"id": check_id, "title": title, "ok": ok, "measured": measured, "message": message}
+
+
+def _reachable(host: str, port: int) -> tuple[bool, str]:
+    started = time.monotonic()
+    try:
+        with socket.create_connection((host, port), timeout=PROBE_TIMEOUT):
+            return True, f"connected in {(time.monotonic() - started) * 1000:.0f} ms"
+    except OSError as error:
+        return False, error.strerror or str(error)
+
+
+def _port_free(host: str, port: int) -> tuple[bool, str]:
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError as error:
+            return False, error.strerror or str(error)
+    return True, "free"
+
+
+def join_preflight(*, user) -> FollowerJoin:
+    """Check the way to the leader and this node's readiness; errors block the join."""
+    from pamportal.preflight import conf as preflight_conf
+    from pamportal.preflight.checks import check_address_self
+
+    join = join_current()
+    if join is None or join.state not in (JoinState.OPENED, JoinState.CHECKED):
+        raise JoinRefused("no_bundle", "Open a joining bundle first.")
+    results = []
+    names = {"https": "console (HTTPS)", "etcd_client": "etcd client", "etcd_peer": "etcd peer",
+             "setup_api": "cluster setup API", "delegation": "delegation API"}
+    for key, title in names.items():
+        port = join.leader_ports[key]
+        ok, measured = _reachable(join.leader_address, port)
+        results.append(_check(f"leader.port.{port}", f"Leader's {title} port {port} reachable", ok, measured,
+                              "reachable" if ok else f"cannot reach {join.leader_address}:{port}: {measured}"))
+    # Clock and version: ask the leader (certificate pinned to the bundle's CA).
+    try:
+        before = time.time()
+        status, answer = leader_call(join, protocol.SETUP_API_PREFIX + "time", timeout=PROBE_TIMEOUT + 2)
+        after = time.time()
+        offset = float(answer["epoch"]) - (before + after) / 2
+        ok = status == 200 and abs(offset) <= CLOCK_LIMIT_SECONDS
+        results.append(_check("clock.leader-offset", "Clock within 2 s of the leader's", ok, f"{offset:+.3f} s",
+                              "in step" if ok else "this node's clock differs from the leader's by more than 2 s; "
+                              "point both at the same NTP servers"))
+        leader_version = str(answer.get("version", join.leader_version))
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        results.append(_check("clock.leader-offset", "Clock within 2 s of the leader's", False, "no answer",
+                              f"the leader's setup API did not answer over TLS pinned to the cluster CA: {error}"))
+        leader_version = join.leader_version
+    compatible = protocol.versions_compatible(leader_version, settings.PAM_VERSION)
+    results.append(_check("version.compatible", "Same major.feature version as the leader", compatible,
+                          f"this node {settings.PAM_VERSION}, leader {leader_version}",
+                          "compatible" if compatible else "upgrade this node to the leader's version first"))
+    own = check_address_self(preflight_conf.context_default(address=join.own_address))
+    results.append(_check("address.resolves-to-self", "This node's address resolves to itself",
+                          own.status == "pass", own.measured, own.message))
+    for port, title in ((settings.PAM_ETCD_CLIENT_PORT, "etcd client"), (settings.PAM_ETCD_PEER_PORT, "etcd peer"),
+                        (settings.PAM_DELEGATION_API_PORT, "delegation API")):
+        ok, measured = _port_free(join.own_address, port)
+        results.append(_check(f"port.{port}.free", f"This node's {title} port {port} free", ok, measured,
+                              "free" if ok else f"port {port} on {join.own_address} is in use: {measured}"))
+    passed = all(r["ok"] for r in results)
+    with transaction.atomic():
+        join.preflight = results
+        join.state = JoinState.CHECKED if passed else JoinState.OPENED
+        join.save(update_fields=["preflight", "state", "updated_at"])
+        audit_record(action=AuditAction.JOIN_PREFLIGHT, target=f"leader:{join.leader_address}",
+                     outcome=Outcome.SUCCEEDED if passed else Outcome.FAILED,
+                     details={"failed": [r["id"] for r in results if not r["ok"]]})
+    return join
+
+
+# --- 3. ask the leader ---------------------------------------------------------------------
+def join_request_send(*, user) -> FollowerJoin:
+    """Send the join request (CSR, preflight summary, MEK proof) to the leader."""
+    join = join_current()
+    if join is None or join.state != JoinState.CHECKED:
+        raise JoinRefused("not_checked", "Run the checks against the leader first; they must all pass.")
+    key = keystore.mek_load()
+    names = list(dict.fromkeys([join.own_address, *certificate_addresses(join.own_address)]))
+    csr_pem, key_pem = ca_format.make_csr(names=names)
+    request = {
+        "bundle_id": join.bundle_id,
+        "token": keystore.unseal(purpose=_TOKEN, sealed=join.sealed_join_token).decode(),
+        "follower_address": join.own_address,
+        "follower_version": settings.PAM_VERSION,
+        "csr_pem": csr_pem.decode(),
+        "preflight_summary": {"passed": [r["id"] for r in join.preflight if r["ok"]],
+                              "failed": [r["id"] for r in join.preflight if not r["ok"]]},
+    }
+    request["proof"] = bundle_format.join_proof(key, protocol.proof_message(request))
+    try:
+        status, answer = leader_call(join, protocol.SETUP_API_PREFIX + "join", body=request)
+    except OSError as error:
+        raise _refuse("leader_unreachable", f"The leader's setup API did not answer: {error}", "join:request") from None
+    if status != 201 or not answer.get("ok"):
+        error = answer.get("error") or {}
+        raise _refuse(error.get("code", f"http_{status}"),
+                      error.get("message", f"The leader refused the join (HTTP {status})."), "join:request")
+    from pamportal.jobs.services import job_create
+
+    with transaction.atomic():
+        join.request_id = answer["request_id"]
+        join.sealed_poll_secret = keystore.seal(purpose=_POLL, data=answer["poll_secret"].encode())
+        join.sealed_node_key = keystore.seal(purpose=_KEY, data=key_pem)
+        join.csr_pem = csr_pem.decode()
+        join.state = JoinState.REQUESTED
+        join.last_status = {"state": answer.get("state"), "approvals": 0,
+                            "required_approvals": answer.get("required_approvals")}
+        job = job_create(kind=FOLLOW_KIND, params={"join_id": join.pk}, created_by=user,
+                         title=f"Join the cluster of {join.leader_address}")
+        join.job_id = job.pk
+        join.save()
+        audit_record(action=AuditAction.JOIN_REQUESTED, target=f"leader:{join.leader_address}",
+                     details={"request_id": join.request_id, "bundle_id": join.bundle_id})
+    return join
+
+
+# --- 4. follow the request until this node is a member --------------------------------------
+def _apply_handover(join: FollowerJoin, handover: dict) -> None:
+    """Install the certificate, the CA and this node's etcd member configuration. Safe to
+    run again (a re-queued step): every write is idempotent."""
+    from pamportal.nodes import services as node_services
+    from pamportal.nodes.models import Certificate, CertificateKind, Node, NodeRole
+
+    cert_pem, ca_pem = handover["cert_pem"].encode(), handover["ca_pem"].encode()
+    if ca_pem.strip() != join.ca_cert_pem.encode().strip():
+        raise RuntimeError("the leader handed over a CA other than the one in the bundle")
+    ca_format.verify_issued_by(cert_pem, ca_pem)
+    key_pem = keystore.unseal(purpose=_KEY, sealed=join.sealed_node_key)
+    if not ca_format.key_matches(cert_pem, key_pem):
+        raise RuntimeError("the certificate the leader signed is not for this node's key")
+    now = timezone.now()
+    with transaction.atomic():
+        for kind, pem, sealed in ((CertificateKind.CLUSTER_CA, ca_pem, ""),
+                                  (CertificateKind.NODE_TLS, cert_pem, join.sealed_node_key)):
+            info = ca_format.certificate_info(pem)
+            Certificate.objects.filter(kind=kind, replaced_at__isnull=True).exclude(cert_pem=pem.decode()).update(
+                replaced_at=now)
+            Certificate.objects.get_or_create(
+                kind=kind, replaced_at=None, cert_pem=pem.decode(),
+                defaults=dict(subject=info.subject, names=info.names, serial=f"{info.serial:x}", sha256=info.sha256,
+                              not_before=info.not_before, not_after=info.not_after, sealed_key=sealed,
+                              created_at=now),
+            )
+        node, _ = Node.objects.select_for_update().get_or_create(pk=Node.SINGLETON_PK)
+        node.address = join.own_address
+        node.role = NodeRole.FOLLOWER
+        node.mek_fingerprint = join.mek_fingerprint
+        node.save()
+        join.state = JoinState.JOINING
+        join.save(update_fields=["state", "updated_at"])
+        audit_record(action=AuditAction.JOIN_HANDOVER_APPLIED, target=f"node:{join.own_address}",
+                     details={"etcd_member": handover.get("etcd_member_name", "")})
+    node_services.node_tls_files_write(cert_pem=cert_pem, key_pem=key_pem, ca_cert_pem=ca_pem)
+    local_member.local_member_configure(
+        address=join.own_address, name=handover["etcd_member_name"],
+        initial_cluster=handover["etcd_initial_cluster"], initial_state="existing",
+    )
+
+
+def _finish(join: FollowerJoin) -> None:
+    from pamportal.nodes.models import Node
+
+    with transaction.atomic():
+        Node.objects.filter(pk=Node.SINGLETON_PK).update(finalised_at=timezone.now(), finalised_by=join.created_by)
+        join.state = JoinState.JOINED
+        join.save(update_fields=["state", "updated_at"])
+        audit_record(action=AuditAction.JOIN_COMPLETED, target=f"node:{join.own_address}",
+                     details={"leader": join.leader_address, "request_id": join.request_id})
+
+
+def _fail(join: FollowerJoin, reason: str) -> None:
+    with transaction.atomic():
+        join.state = JoinState.FAILED
+        join.failure_reason = reason
+        join.save(update_fields=["state", "failure_reason", "updated_at"])
+        audit_record(action=AuditAction.JOIN_FAILED, target=f"node:{join.own_address}", outcome=Outcome.FAILED,
+                     details={"reason": reason, "request_id": join.request_id})
+    local_member.local_member_forget()
+
+
+def join_follow(ctx) -> dict:
+    """The follow job's step: poll the leader, apply the handover, finish or fail."""
+    join = FollowerJoin.objects.get(pk=ctx.params["join_id"])
+    if join.state == JoinState.JOINED:
+        return {"state": "joined"}
+    secret = keystore.unseal(purpose=_POLL, sealed=join.sealed_poll_secret).decode()
+    deadline = time.monotonic() + float(getattr(settings, "PAM_JOIN_FOLLOW_SECONDS", 26 * 3600))
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            status, answer = leader_call(join, f"{protocol.SETUP_API_PREFIX}join/{join.request_id}", bearer=secret)
+        except OSError as error:
+            ctx.log(f"leader not reachable, trying again: {error}")
+            time.sleep(POLL_INTERVAL * 2)
+            continue
+        if status != 200 or not answer.get("ok"):
+            message = (answer.get("error") or {}).get("message", f"HTTP {status}")
+            _fail(join, message)
+            raise RuntimeError(f"the leader refused the poll: {message}")
+        seen = (answer["state"], answer.get("approvals"), answer.get("denials"), bool(answer.get("handover")))
+        if seen != last:
+            ctx.log(f"leader says: {answer['state']}; approvals {answer.get('approvals')} of "
+                    f"{answer.get('required_approvals')}, denials {answer.get('denials')}")
+            last = seen
+            FollowerJoin.objects.filter(pk=join.pk).update(last_status=answer | {"handover": bool(answer.get("handover"))})
+        if answer["state"] in ("denied", "expired", "failed"):
+            reason = answer.get("failure_reason") or f"the join request was {answer['state']} on the leader"
+            _fail(join, reason)
+            raise RuntimeError(reason)
+        handover = answer.get("handover")
+        if handover and join.state != JoinState.JOINING:
+            ctx.log("certificate and etcd configuration received; starting this node's etcd member")
+            _apply_handover(join, handover)
+            join.refresh_from_db()
+        if answer["state"] == "joined":
+            _finish(join)
+            ctx.log("this node is a voting member of the cluster")
+            return {"state": "joined", "leader": join.leader_address}
+        time.sleep(POLL_INTERVAL)
+    _fail(join, "the join request did not finish in time")
+    raise RuntimeError("the join request did not finish in time")
+
+
+register(JobKind(name=FOLLOW_KIND, title="Join a cluster",
+                 steps=(StepSpec("follow", "Follow the join request on the leader", join_follow, max_attempts=3),)))

@@ -1,0 +1,112 @@
+"""First boot as a follower: the "join an existing cluster" pages (setup.finalise)."""
+
+from __future__ import annotations
+
+from django import forms
+from django.contrib import messages
+from django.shortcuts import redirect, render
+from django.views.decorators.cache import never_cache
+from django.views.decorators.debug import sensitive_post_parameters, sensitive_variables
+from django.views.decorators.http import require_http_methods, require_POST
+
+from pamportal.accounts.decorators import require_capability
+from pamportal.jobs.models import Job
+from pamportal.jobs.selectors import job_progress
+from pamportal.nodes.selectors import node_is_finalised
+
+from . import join as services
+from .models import JoinState
+
+BUNDLE_MAX_BYTES = 64 * 1024
+
+
+class JoinForm(forms.Form):
+    bundle = forms.FileField(label="Joining bundle", help_text="The file generated on the leader for this node.")
+    mek = forms.CharField(
+        label="Master Encryption Key", strip=True, max_length=200,
+        widget=forms.PasswordInput(attrs={"autocomplete": "off", "spellcheck": "false"}),
+        help_text="The cluster's MEK, as the leader's operator saved it (groups of four; dashes optional).",
+    )
+    own_address = forms.CharField(label="This node's address", max_length=253,
+                                  help_text="FQDN or IP; the bundle names the address it was made for.")
+
+
+def _context(join):
+    job = Job.objects.filter(pk=join.job_id).first() if join and join.job_id else None
+    context = {"join": join, "JoinState": JoinState}
+    if job is not None:
+        context.update(job=job, progress=job_progress(job))
+    return context
+
+
+@sensitive_post_parameters("mek")
+@sensitive_variables("form")
+@never_cache
+@require_capability("setup.finalise")
+@require_http_methods(["GET", "POST"])
+def join_start(request):
+    if node_is_finalised():
+        return redirect("setup:start")
+    join = services.join_current()
+    if join is not None and join.state not in (JoinState.FAILED,):
+        return redirect("setup:join_status")
+    form = JoinForm(request.POST or None, request.FILES or None, initial={"own_address": request.get_host().rsplit(":", 1)[0]})
+    error = ""
+    status = 200
+    if request.method == "POST" and form.is_valid():
+        upload = form.cleaned_data["bundle"]
+        if upload.size > BUNDLE_MAX_BYTES:
+            error, status = "The file is too large to be a joining bundle (the limit is 64 KiB).", 400
+        else:
+            try:
+                services.join_bundle_open(user=request.user, data=upload.read(), mek_text=form.cleaned_data["mek"],
+                                          own_address=form.cleaned_data["own_address"])
+            except services.JoinRefused as refused:
+                error, status = refused.message, 400
+            else:
+                messages.success(request, "The bundle opened with this MEK. Next: check the way to the leader.")
+                return redirect("setup:join_status")
+    elif request.method == "POST":
+        status = 400
+    # The MEK field is a PasswordInput: Django never renders the typed key back.
+    return render(request, "setup/join.html", {"form": form, "error": error}, status=status)
+
+
+@never_cache
+@require_capability("setup.finalise")
+def join_status(request):
+    join = services.join_current()
+    if join is None:
+        return redirect("setup:join")
+    template = "setup/_join_status.html" if request.htmx else "setup/join_status.html"
+    response = render(request, template, _context(join))
+    if request.htmx and join.state in (JoinState.JOINED, JoinState.FAILED):
+        response.status_code = 286  # stop polling
+    return response
+
+
+@require_POST
+@require_capability("setup.finalise")
+def join_check(request):
+    try:
+        join = services.join_preflight(user=request.user)
+    except services.JoinRefused as refused:
+        messages.error(request, refused.message)
+    else:
+        if join.state == JoinState.CHECKED:
+            messages.success(request, "Every check against the leader passed.")
+        else:
+            messages.error(request, "Some checks failed; fix them and check again.")
+    return redirect("setup:join_status")
+
+
+@require_POST
+@require_capability("setup.finalise")
+def join_send(request):
+    try:
+        services.join_request_send(user=request.user)
+    except services.JoinRefused as refused:
+        messages.error(request, refused.message)
+    else:
+        messages.success(request, "The leader accepted the join request; it now waits for approvals there.")
+    return redirect("setup:join_status")
