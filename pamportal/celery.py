@@ -37,3 +37,9 @@ def _schedule_periodic(sender, **kwargs):
         sender.signature("pamportal.audit.tasks.siem_forward", expires=audit_conf.siem_interval()),
         name="forward audit events to the SIEM",
     )
+    # Cluster: expire bundles and requests, undo joins a dead worker left behind; and
+    # each member's heartbeat over the delegation API.
+    sender.add_periodic_task(60.0, sender.signature("pamportal.cluster.tasks.housekeeping", expires=60.0),
+                             name="cluster housekeeping")
+    sender.add_periodic_task(30.0, sender.signature("pamportal.cluster.tasks.heartbeats", expires=30.0),
+                             name="cluster heartbeats")

@@ -133,6 +133,7 @@ TEMPLATES = [
                 "django.contrib.messages.context_processors.messages",
                 "pamportal.core.context_processors.portal",
                 "pamportal.licensing.context_processors.licence_banner",
+                "pamportal.cluster.context_processors.pending_approvals",
             ],
         },
     }

@@ -10,7 +10,10 @@ import pytest
 from django.urls import URLPattern, URLResolver, get_resolver, reverse
 
 from pamportal.accounts.roles import Role
+import uuid
+
 from pamportal.audit.actions import AuditAction
+from pamportal.audit.exports import audit_export_create, audit_export_run
 from pamportal.audit.services import audit_record
 from pamportal.jobs.choices import Status
 from pamportal.jobs.services import job_create
@@ -36,6 +39,7 @@ def only(allowed: set[str], ok: int, *, denied: int = 403):
 
 
 RUNNERS = {OPERATOR, ADMIN}
+AUDITORS = {ADMIN, AUDITOR}
 
 # (url name, method, kwargs kind) -> expected status per role
 MATRIX: dict[tuple[str, str], dict[str, int]] = {
@@ -98,6 +102,40 @@ MATRIX: dict[tuple[str, str], dict[str, int]] = {
     ("preflight:run", "GET"): only(RUNNERS, 405),
     ("preflight:accept", "POST"): only(RUNNERS, 302),
     ("preflight:accept", "GET"): only(RUNNERS, 405),
+    ("audit:export", "POST"): only(AUDITORS, 302),
+    ("audit:export", "GET"): everyone(405),
+    ("audit:export_detail", "GET"): only(AUDITORS, 200),
+    ("audit:export_file", "GET"): only(AUDITORS, 200),
+    ("audit:export_manifest", "GET"): only(AUDITORS, 200),
+    ("audit:checkpoint", "POST"): only({ADMIN}, 302),
+    ("audit:siem", "GET"): only(AUDITORS, 200),
+    ("audit:siem", "POST"): only({ADMIN}, 200),  # empty form: shown again with its errors
+    ("audit:siem_forward", "POST"): only({ADMIN}, 302),
+    # Cluster pages. Ids that do not exist: allowed roles reach the view (404), the
+    # others are refused before it.
+    ("cluster:overview", "GET"): signed_in(200),
+    ("cluster:bundles", "GET"): signed_in(200),
+    ("cluster:requests", "GET"): signed_in(200),
+    ("cluster:bundle_generate", "POST"): only(RUNNERS, 302),
+    ("cluster:bundle_generate", "GET"): only(RUNNERS, 405),
+    ("cluster:bundle_download", "POST"): only(RUNNERS, 404),
+    ("cluster:bundle_revoke", "POST"): only(RUNNERS, 404),
+    ("cluster:vote", "POST"): only({APPROVER}, 302),  # refused with a message: no such request
+    ("cluster:policy", "GET"): only({ADMIN}, 200),
+    ("cluster:policy", "POST"): only({ADMIN}, 200),
+    ("cluster:member_remove", "POST"): only(RUNNERS, 302),  # refused with a message: no such member
+    # The cluster APIs (served on 2390/2391 only; no session: the same for everyone).
+    ("cluster_api:join", "POST"): everyone(400),
+    ("cluster_api:join", "GET"): everyone(405),
+    ("cluster_api:join_status", "GET"): everyone(404),
+    ("cluster_api:time", "GET"): everyone(200),
+    ("cluster_api:heartbeat", "GET"): everyone(200),
+    # Joining a cluster as a follower (first boot, administrators).
+    ("setup:join", "GET"): only({ADMIN}, 200),
+    ("setup:join", "POST"): only({ADMIN}, 400),
+    ("setup:join_status", "GET"): only({ADMIN}, 302),
+    ("setup:join_check", "POST"): only({ADMIN}, 302),
+    ("setup:join_send", "POST"): only({ADMIN}, 302),
     ("licensing:detail", "GET"): signed_in(200),
     ("licensing:detail", "POST"): everyone(405),
     ("licensing:upload", "GET"): only({ADMIN}, 200),
@@ -127,7 +165,8 @@ def test_matrix_covers_every_url():
 
 
 @pytest.fixture
-def world(make_user):
+def world(make_user, settings, tmp_path):
+    settings.PAM_DATA_DIR = tmp_path  # exports are written under the data dir
     users = {
         VIEWER: make_user("matrix-viewer", Role.VIEWER),
         OPERATOR: make_user("matrix-operator", Role.OPERATOR),
@@ -146,7 +185,9 @@ def world(make_user):
         run=run, position=1, check_id="hardware.cpu", title="CPU count", severity="warning",
         can_accept=True, status="fail", measured="2", threshold=">= 4",
     )
+    export = audit_export_run(export_id=audit_export_create(user=users[ADMIN], format="csv", filters={}).pk)
     return {
+        "export": export,
         "users": users, "target": target, "failed_job": failed_job, "pending_job": pending_job,
         "preflight_run": run, "warning": warning,
     }
@@ -157,6 +198,16 @@ def _kwargs(name: str, world) -> dict:
         return {"user_id": world["target"].pk}
     if name == "audit:detail":
         return {"position": 1}
+    if name in ("audit:export_detail", "audit:export_file", "audit:export_manifest"):
+        return {"export_id": world["export"].pk}
+    if name in ("cluster:bundle_download", "cluster:bundle_revoke"):
+        return {"bundle_id": uuid.UUID(int=1)}
+    if name == "cluster:vote":
+        return {"kind": "join", "pk": 999999}
+    if name == "cluster:member_remove":
+        return {"pk": 999999}
+    if name == "cluster_api:join_status":
+        return {"request_id": uuid.UUID(int=2)}
     if name in ("preflight:detail", "preflight:results"):
         return {"pk": world["preflight_run"].pk}
     if name == "preflight:accept":
