@@ -50,7 +50,7 @@ def test_replacing_the_certificate_file_switches_the_served_certificate(node_env
     wait_for(switched, timeout=30, interval=0.5, what="the console to serve the new certificate")
     # gunicorn's gthread workers read the files per connection already; the reload
     # makes every worker class (and anything gunicorn caches) start afresh.
-    wait_for(lambda: "reloading the console (SIGHUP to gunicorn)" in node_env.log("serve"), timeout=15,
+    wait_for(lambda: "reloading the listeners (SIGHUP to gunicorn)" in node_env.log("serve"), timeout=15,
              what="serve to reload gunicorn")
     wait_for(lambda: "handling signal: hup" in node_env.log("serve").lower(),
              timeout=15, what="gunicorn to handle SIGHUP")
