@@ -158,8 +158,11 @@ def _reachable(host: str, port: int) -> tuple[bool, str]:
 
 def _port_free(host: str, port: int) -> tuple[bool, str]:
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
+        # As the real server will: reuse past TIME_WAIT, but not a live listener.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
+            sock.listen(1)
         except OSError as error:
             return False, error.strerror or str(error)
     return True, "free"

@@ -125,3 +125,17 @@ def test_viewer_cannot_join(make_user, login_client, admin_user, client):
     login_client(make_user("just-a-viewer", Role.VIEWER))
     assert post(client, GOOD).status_code == 403
     assert not FollowerJoin.objects.exists()
+
+
+def test_own_port_check_tells_a_listener_from_time_wait():
+    import socket
+
+    from pamportal.setup.join import _port_free
+
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        port = listener.getsockname()[1]
+        ok, measured = _port_free("127.0.0.1", port)
+        assert not ok and "in use" in measured.lower()
+    assert _port_free("127.0.0.1", port) == (True, "free")
