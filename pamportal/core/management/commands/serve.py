@@ -84,18 +84,22 @@ class Command(BaseCommand):
         ]
 
     def commands(self, workers: int, concurrency: int) -> dict[str, list[str]]:
-        """The processes without which the node is down: console and worker."""
+        """The processes without which the node is down: console and worker.
+
+        ``PAM_SERVE_WITHOUT_WORKER=1`` leaves the worker out, for split deployments
+        (the worker runs under its own supervisor) and for tests that kill and
+        restart a node's worker on their own; the worker must then run elsewhere."""
         if not (settings.PAM_TLS_CERT.exists() and settings.PAM_TLS_KEY.exists()):
             raise CommandError("no TLS certificate in the data dir: run `manage.py tls_ensure` first")
-        return {
-            "web": self._gunicorn(settings.PAM_HTTPS_PORT, workers),
-            "worker": [
+        commands = {"web": self._gunicorn(settings.PAM_HTTPS_PORT, workers)}
+        if os.environ.get("PAM_SERVE_WITHOUT_WORKER", "") not in ("1", "true", "yes"):
+            commands["worker"] = [
                 sys.executable, "-m", "celery", "-A", "pamportal", "worker", "--beat",
                 "--schedule", settings.CELERY_BEAT_SCHEDULE_FILENAME,
                 "--loglevel", "INFO", "--concurrency", str(concurrency),
                 "-Q", settings.CELERY_TASK_DEFAULT_QUEUE,
-            ],
-        }
+            ]
+        return commands
 
     def cluster_commands(self) -> dict[str, tuple[list[str], dict[str, str]]]:
         """The cluster listeners and etcd, wanted once their prerequisites exist: the
