@@ -28,9 +28,10 @@ run: $(VENV)/.runtime
 test: $(VENV)/.dev
 	$(VENV)/bin/pytest
 
-# The embedded default only (SQLite, filesystem broker), whatever the environment says.
+# The embedded default (SQLite, filesystem broker), whatever the environment says. The
+# multi-node cluster tests run in `make test`; a cluster runs on PostgreSQL and Redis.
 test-embedded: $(VENV)/.dev
-	env -u DATABASE_URL -u CELERY_BROKER_URL $(VENV)/bin/pytest
+	env -u DATABASE_URL -u CELERY_BROKER_URL $(VENV)/bin/pytest -m "not cluster"
 
 bench: $(VENV)/.dev
 	$(PY) bench/audit.py
