@@ -258,6 +258,8 @@ PAM_BROKER_DIR = PAM_DATA_DIR / "broker"
 CELERY_BROKER_URL = os.environ.get("CELERY_BROKER_URL") or "filesystem://"
 if CELERY_BROKER_URL.startswith("filesystem://"):
     PAM_BROKER_DIR.mkdir(exist_ok=True, mode=0o700)
+    # kombu's filesystem transport, with message files written atomically.
+    CELERY_BROKER_TRANSPORT = "pamportal.core.broker:Transport"
     CELERY_BROKER_TRANSPORT_OPTIONS = {
         "data_folder_in": str(PAM_BROKER_DIR),
         "data_folder_out": str(PAM_BROKER_DIR),
