@@ -6,7 +6,10 @@ client lists three started voting members and the cluster page tolerates 1 failu
 from __future__ import annotations
 
 import json
+import ssl
 import subprocess
+import urllib.error
+import urllib.request
 
 import pytest
 
@@ -28,6 +31,30 @@ def etcdctl_members(data_dir) -> list[dict]:
     )
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)["members"]
+
+
+def _get(url: str, context: ssl.SSLContext) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=10, context=context) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as error:
+        return error.code, error.read()
+
+
+def assert_listeners_answer_only_their_own(data_dir) -> None:
+    """The delegation API takes only cluster-CA client certificates; each port answers
+    only its own paths."""
+    tls = data_dir / "tls"
+    anonymous = ssl.create_default_context(cafile=str(tls / "cluster-ca.crt"))
+    with pytest.raises((ssl.SSLError, urllib.error.URLError, ConnectionResetError)):
+        _get(f"https://{LEADER}:2391/api/delegation/v1/heartbeat", anonymous)
+    node = ssl.create_default_context(cafile=str(tls / "cluster-ca.crt"))
+    node.load_cert_chain(str(tls / "node.crt"), str(tls / "node.key"))
+    status, body = _get(f"https://{LEADER}:2391/api/delegation/v1/heartbeat", node)
+    assert status == 200 and json.loads(body)["role"] == "leader"
+    assert _get(f"https://{LEADER}:2390/api/setup/v1/time", anonymous)[0] == 200
+    assert _get(f"https://{LEADER}:2390/account/login/", anonymous)[0] == 404
+    assert _get(f"https://{LEADER}:8443/api/setup/v1/time", anonymous)[0] == 404
 
 
 def join(leader, follower, address: str, mek_text: str, tmp_path, *, code_offset: int) -> None:
@@ -109,6 +136,8 @@ result = ok
             assert all(m.get("name") and m.get("clientURLs") for m in members), members  # all started
             assert not any(m.get("isLearner") for m in members), members  # all voting
             assert sorted(m["peerURLs"][0] for m in members) == [f"https://{a}:2380" for a in (LEADER, *FOLLOWERS)]
+
+            assert_listeners_answer_only_their_own(leader.data_dir)
 
             page = run(leader, USERS + """
 from django.test import Client
