@@ -59,6 +59,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from pamportal.crypto import mek as mek_module
+from pamportal.crypto import strictjson
 from pamportal.crypto.licence import FORMAT as LICENCE_FORMAT
 from pamportal.crypto.licence import b64url_encode
 
@@ -252,49 +253,6 @@ def _aad(format_: Any, version: Any, header: Any) -> bytes:
 # --- Strict JSON ---------------------------------------------------------------------------
 
 
-class _DuplicateKey(ValueError):
-    def __init__(self, key: str):
-        super().__init__(key)
-        self.key = key
-
-
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    result: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in result:
-            raise _DuplicateKey(key)
-        result[key] = value
-    return result
-
-
-def _refuse_constant(name: str):
-    raise ValueError(f"{name} is not allowed")
-
-
-def _too_deep(text: str, limit: int) -> bool:
-    """Whether ``text`` nests deeper than ``limit``, found in one linear pass before the
-    recursive JSON parser sees it."""
-    depth = 0
-    in_string = escaped = False
-    for char in text:
-        if in_string:
-            if escaped:
-                escaped = False
-            elif char == "\\":
-                escaped = True
-            elif char == '"':
-                in_string = False
-        elif char == '"':
-            in_string = True
-        elif char in "[{":
-            depth += 1
-            if depth > limit:
-                return True
-        elif char in "]}":
-            depth -= 1
-    return False
-
-
 def _load_json(data: bytes) -> Any:
     """Strict UTF-8 JSON: no BOM, bounded depth, no duplicate keys, no NaN/Infinity."""
     if data.startswith(_UTF8_BOM):
@@ -310,13 +268,13 @@ def _load_json(data: bytes) -> Any:
         text = data.decode("utf-8", errors="strict")
     except UnicodeDecodeError:
         raise not_utf8 from None
-    if _too_deep(text, MAX_DEPTH):
+    if strictjson.too_deep(text, MAX_DEPTH):
         raise BundleError(
             "too_deep", "The file nests JSON far deeper than a joining bundle does; it is not a joining bundle."
         )
     try:
-        return json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_refuse_constant)
-    except _DuplicateKey as duplicate:
+        return strictjson.loads(text)
+    except strictjson.DuplicateKey as duplicate:
         name = duplicate.key[:64]
         raise BundleError("duplicate_key", f'The file names the field "{name}" more than once.', name) from None
     except json.JSONDecodeError as error:
@@ -584,7 +542,7 @@ def bundle_open(data: bytes, *, mek: bytes, now: datetime, own_address: str | No
             "bad_body", "The bundle opened with this MEK, but what it holds is not a joining bundle's contents.", "body"
         )
         try:
-            body = json.loads(plaintext.decode("utf-8"), object_pairs_hook=_no_duplicates, parse_constant=_refuse_constant)
+            body = strictjson.loads(plaintext.decode("utf-8"))
         except (ValueError, RecursionError):  # JSON, UTF-8, duplicates, NaN
             raise bad_body from None
         if not isinstance(body, dict):

@@ -32,6 +32,8 @@ from typing import Any, Iterable
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from pamportal.crypto import strictjson
+
 FORMAT = "pamportal-licence"
 VERSION = 1
 PRODUCT = "pamportal"
@@ -150,48 +152,6 @@ def _b64url_decode(value: str, field: str) -> bytes:
     return raw
 
 
-class _DuplicateKey(ValueError):
-    def __init__(self, key: str):
-        super().__init__(key)
-        self.key = key
-
-
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    result: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in result:
-            raise _DuplicateKey(key)
-        result[key] = value
-    return result
-
-
-def _refuse_constant(name: str):
-    raise ValueError(f"{name} is not allowed")
-
-
-def _check_depth(text: str, limit: int) -> None:
-    """Refuse nesting deeper than ``limit`` before the recursive JSON parser sees it.
-    One linear pass over at most ``MAX_BYTES`` characters."""
-    depth = 0
-    in_string = escaped = False
-    for char in text:
-        if in_string:
-            if escaped:
-                escaped = False
-            elif char == "\\":
-                escaped = True
-            elif char == '"':
-                in_string = False
-        elif char == '"':
-            in_string = True
-        elif char in "[{":
-            depth += 1
-            if depth > limit:
-                raise LicenceError("too_deep", "The file nests JSON far deeper than a licence does; it is not a pamportal licence.")
-        elif char in "]}":
-            depth -= 1
-
-
 def _load_json(data: bytes) -> Any:
     """Strict UTF-8 JSON: no BOM, bounded depth, no duplicate keys, no NaN/Infinity."""
     if data.startswith(_UTF8_BOM):
@@ -207,10 +167,11 @@ def _load_json(data: bytes) -> Any:
         text = data.decode("utf-8", errors="strict")
     except UnicodeDecodeError:
         raise not_utf8 from None
-    _check_depth(text, MAX_DEPTH)
+    if strictjson.too_deep(text, MAX_DEPTH):
+        raise LicenceError("too_deep", "The file nests JSON far deeper than a licence does; it is not a pamportal licence.")
     try:
-        return json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_refuse_constant)
-    except _DuplicateKey as duplicate:
+        return strictjson.loads(text)
+    except strictjson.DuplicateKey as duplicate:
         name = duplicate.key[:64]
         raise LicenceError(
             "duplicate_key", f'The file names the field "{name}" more than once.', field=name
