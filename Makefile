@@ -4,19 +4,30 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 
-.PHONY: run test test-embedded bench clean
+.PHONY: run test test-embedded lint system-packages bench clean
 
-$(VENV)/bin/python:
-	$(PYTHON) -m venv $(VENV)
-	$(PIP) install --quiet --upgrade pip
+# Creating the venv and installing into it take one lock, so that several `make run`
+# started at once on a fresh clone build it once: each step runs under the lock and
+# checks again, inside it, whether another make has done it meanwhile.
+VENV_LOCK := $(VENV)/.lock
+LOCKED := mkdir -p $(VENV) && flock $(VENV_LOCK) sh -c
 
-$(VENV)/.runtime: requirements.txt | $(VENV)/bin/python
-	$(PIP) install --quiet -r requirements.txt
-	touch $@
+$(VENV)/.created:
+	$(LOCKED) 'test -e $@ || { $(PYTHON) -m venv $(VENV) && $(PIP) install --quiet --upgrade pip && touch $@; }'
 
-$(VENV)/.dev: requirements.txt requirements-dev.txt | $(VENV)/bin/python
-	$(PIP) install --quiet -r requirements-dev.txt
-	touch $(VENV)/.runtime $@
+$(VENV)/.runtime: requirements.txt | $(VENV)/.created
+	$(LOCKED) 'test $@ -nt requirements.txt || { $(PIP) install --quiet -r requirements.txt && touch $@; }'
+
+$(VENV)/.dev: requirements.txt requirements-dev.txt | $(VENV)/.created
+	$(LOCKED) 'test $@ -nt requirements.txt -a $@ -nt requirements-dev.txt || { $(PIP) install --quiet -r requirements-dev.txt && touch $(VENV)/.runtime $@; }'
+
+# Debian packages the suite needs (browser, etcd, PDF and spreadsheet tools, rsyslog):
+# installed when missing as root, otherwise the apt-get command to run is printed.
+system-packages:
+	bash tools/system_packages.sh
+
+lint: $(VENV)/.dev
+	$(VENV)/bin/ruff check .
 
 run: $(VENV)/.runtime
 	$(PY) manage.py migrate --noinput
@@ -25,12 +36,12 @@ run: $(VENV)/.runtime
 	$(PY) manage.py setup_token
 	$(PY) manage.py serve
 
-test: $(VENV)/.dev
+test: system-packages lint $(VENV)/.dev
 	$(VENV)/bin/pytest
 
 # The embedded default (SQLite, filesystem broker), whatever the environment says. The
 # multi-node cluster tests run in `make test`; a cluster runs on PostgreSQL and Redis.
-test-embedded: $(VENV)/.dev
+test-embedded: system-packages $(VENV)/.dev
 	env -u DATABASE_URL -u CELERY_BROKER_URL $(VENV)/bin/pytest -m "not cluster"
 
 bench: $(VENV)/.dev
