@@ -5,6 +5,9 @@ import sys
 
 
 def main() -> None:
+    # Everything a node writes (database, logs, keys, etcd and beat files) is for its
+    # own user only; the processes `serve` starts inherit this mask.
+    os.umask(0o077)
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "pamportal.settings")
     from django.core.management import execute_from_command_line
 

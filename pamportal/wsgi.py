@@ -9,6 +9,9 @@ import os
 
 from django.core.wsgi import get_wsgi_application
 
+# Files a listener writes (sessions in SQLite, logs, broker messages) are owner-only,
+# however the server was started.
+os.umask(0o077)
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "pamportal.settings")
 
 _PREFIXES = {"setup-api": ("/api/setup/",), "delegation": ("/api/delegation/",)}

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -26,6 +27,33 @@ STOP_GRACE_SECONDS = 10
 # A new certificate is picked up once its file has stayed unchanged this long, so a
 # reload never catches the key and the certificate half-written.
 CERT_SETTLE_SECONDS = 1.0
+# OpenSSL cipher list for TLS 1.2: ECDHE key exchange with AES-GCM or ChaCha20-Poly1305.
+TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:!aNULL:!eNULL"
+GUNICORN_CONFIG = Path(__file__).resolve().parents[3] / "gunicorn_conf.py"
+
+
+def tighten_data_dir(root: Path) -> list[Path]:
+    """Make the data dir and everything already in it owner-only (no group or other
+    bits): an installer or an older version may have left 0755/0644 behind, and the
+    process umask (077) only covers what is created from now on. Symbolic links are
+    neither followed nor changed. Returns what could not be changed."""
+    failed: list[Path] = []
+
+    def tighten(path: Path) -> None:
+        try:
+            mode = path.lstat().st_mode
+            if not stat.S_ISLNK(mode) and mode & 0o077:
+                path.chmod(stat.S_IMODE(mode) & ~0o077)
+        except FileNotFoundError:
+            pass  # removed meanwhile
+        except OSError:
+            failed.append(path)
+
+    tighten(root)
+    for directory, dirnames, filenames in os.walk(root, onerror=lambda error: failed.append(Path(error.filename))):
+        for name in (*dirnames, *filenames):
+            tighten(Path(directory) / name)
+    return failed
 
 
 def _cert_stamp() -> tuple[int, int] | None:
@@ -80,7 +108,16 @@ class Command(BaseCommand):
             "--bind", self._bind(port),
             "--certfile", str(settings.PAM_TLS_CERT), "--keyfile", str(settings.PAM_TLS_KEY),
             "--workers", str(workers), "--worker-class", "gthread", "--threads", "4",
-            "--timeout", "60", "--access-logfile", "-", "--forwarded-allow-ips", "", *extra,
+            "--timeout", "60", "--access-logfile", "-", "--forwarded-allow-ips", "",
+            # TLS 1.2 with forward secrecy and AEAD only (TLS 1.3 suites are all AEAD);
+            # the chain, TLS 1.2 minimum and no Server banner: GUNICORN_CONFIG.
+            "--ciphers", TLS12_CIPHERS, "--config", str(GUNICORN_CONFIG),
+            # gunicorn's default control socket is ~/.gunicorn/gunicorn.ctl, one for
+            # every listener of every node on the host; serve drives the masters
+            # with signals, so none.
+            "--no-control-socket",
+            "--umask", "0o077",
+            *extra,
         ]
 
     def commands(self, workers: int, concurrency: int) -> dict[str, list[str]]:
@@ -134,6 +171,11 @@ class Command(BaseCommand):
         return subprocess.Popen(command, start_new_session=True, env=full_env)
 
     def handle(self, *args, workers: int, concurrency: int, **options):
+        # Every process started below (gunicorn, Celery worker and beat, etcd) inherits
+        # the mask: what they write in the data dir is for this user only.
+        os.umask(0o077)
+        for path in tighten_data_dir(Path(settings.PAM_DATA_DIR)):
+            self.stderr.write(f"warning: could not make {path} owner-only")
         commands = self.commands(workers, concurrency)
         host = "localhost" if settings.PAM_BIND_ADDRESS in ("127.0.0.1", "0.0.0.0", "::") else settings.PAM_BIND_ADDRESS
         self.stdout.write(self.style.SUCCESS(f"pamportal console: https://{host}:{settings.PAM_HTTPS_PORT}/"))
