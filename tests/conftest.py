@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import pytest
 from django_otp.oath import TOTP
-from django_otp.plugins.otp_totp.models import TOTPDevice
 
+from pamportal.accounts.models import TOTPDevice
 from pamportal.accounts.roles import TOTP_REQUIRED, Role
 from tests.support.node import NodeEnv, using_postgres
+from tests.support.totp import fresh_code
 
 PASSWORD = "correct horse battery staple"
 
@@ -26,6 +27,16 @@ def totp_now(device: TOTPDevice, offset_steps: int = 0) -> str:
     totp = TOTP(device.bin_key, device.step, device.t0, device.digits, device.drift)
     totp.time = totp.time + offset_steps * device.step
     return f"{totp.token():0{device.digits}d}"
+
+
+def totp_fresh(device: TOTPDevice) -> str:
+    """A code the device accepts now: its current step, once that is later than the last
+    step the device accepted, and not in the last second of a step (waits for that, at
+    most one step). For a user who types a code more than once in a test."""
+    if device.pk is not None:
+        device.refresh_from_db()
+    code, _t = fresh_code(device.bin_key, device.last_t, step=device.step, t0=device.t0, digits=device.digits)
+    return code
 
 
 @pytest.fixture

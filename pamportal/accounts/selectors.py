@@ -7,15 +7,17 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.db.models import Exists, OuterRef, Sum
 from django.utils import timezone
-from django_otp.plugins.otp_totp.models import TOTPDevice
+
+from .models import TOTPDevice
 
 
 def locked_usernames() -> set[str]:
-    """Usernames whose failed attempts (within the cool-off window) reached the limit."""
+    """Usernames whose failed attempts from one address (within the cool-off window)
+    reached the limit: a lockout is per username and address."""
     attempts = AccessAttempt.objects.all()
     if settings.AXES_COOLOFF_TIME:
         attempts = attempts.filter(attempt_time__gte=timezone.now() - settings.AXES_COOLOFF_TIME)
-    rows = attempts.values("username").annotate(failures=Sum("failures_since_start"))
+    rows = attempts.values("username", "ip_address").annotate(failures=Sum("failures_since_start"))
     return {row["username"] for row in rows if row["username"] and row["failures"] >= settings.AXES_FAILURE_LIMIT}
 
 

@@ -12,11 +12,11 @@ from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.cache import never_cache
 from django.views.decorators.debug import sensitive_post_parameters
 from django.views.decorators.http import require_http_methods, require_POST
-from django_otp.plugins.otp_totp.models import TOTPDevice
 
 from . import selectors, services
 from .decorators import require_capability
 from .forms import CodeForm, LoginForm, PasswordChangeForm, UserCreateForm
+from .models import TOTPDevice
 from .qr import qr_svg
 from .services import AccountRefused
 

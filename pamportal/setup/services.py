@@ -23,18 +23,18 @@ from django.db import transaction
 from django.utils import timezone
 from django.views.decorators.debug import sensitive_variables
 from django_otp.oath import TOTP
-from django_otp.plugins.otp_totp.models import TOTPDevice
 
+from pamportal.accounts.models import TOTPDevice, default_key
 from pamportal.accounts.roles import Role
 from pamportal.audit.actions import AuditAction, Outcome
 from pamportal.audit.services import audit_record
 from pamportal.cluster import local_member
-from pamportal.nodes.services import node_facts_collect
 from pamportal.core import context
 from pamportal.crypto import mek
+from pamportal.nodes.services import node_facts_collect
 
-from .models import SetupToken
 from . import partners
+from .models import SetupToken
 from .selectors import NODE_STEPS, node_setup_due, setup_is_complete, setup_token_rejections_from
 
 TOKEN_FILE_NAME = "setup-token"
@@ -202,7 +202,7 @@ class TotpCheck:
 def setup_totp_key() -> str:
     """A new TOTP secret (hex, as TOTPDevice stores it), held in the wizard until the
     administrator is created."""
-    return TOTPDevice._meta.get_field("key").default()
+    return default_key()
 
 
 def setup_totp_device(*, username: str, key: str) -> TOTPDevice:

@@ -9,8 +9,8 @@ from dataclasses import dataclass, field, replace
 import pytest
 from django.utils import timezone
 from django_otp.oath import TOTP
-from django_otp.plugins.otp_totp.models import TOTPDevice
 
+from pamportal.accounts.models import TOTPDevice
 from pamportal.accounts.roles import Role
 from pamportal.audit.models import AuditEvent
 from pamportal.cluster import membership
@@ -24,6 +24,7 @@ from pamportal.cluster.etcd import (
     TooManyLearners,
 )
 from pamportal.jobs.services import job_execute
+from tests.support.totp import fresh_step
 
 LEADER = "node1.example.com"  # tests.setup.helpers.ADDRESS
 FOLLOWER = "127.0.0.12"
@@ -168,6 +169,7 @@ def code_for(user, offset: int | None = None) -> str:
         offset = _NEXT_OFFSET.get(user.pk, -1)
         _NEXT_OFFSET[user.pk] = offset + 1
     device = TOTPDevice.objects.get(user=user, confirmed=True)
+    fresh_step(step=device.step, t0=device.t0)  # not in a step's last second: the server checks this step
     totp = TOTP(device.bin_key, device.step, device.t0, device.digits, 0)  # real time, not the learnt drift
     totp.time = totp.time + offset * device.step
     return f"{totp.token():0{device.digits}d}"
@@ -200,9 +202,9 @@ def follower_request(bundle_bytes: bytes, mek: bytes, *, address: str = FOLLOWER
     """What a follower sends: opened with its MEK, a fresh key and CSR, the proof."""
     from django.conf import settings
 
+    from pamportal.cluster.protocol import proof_message
     from pamportal.crypto.bundle import bundle_open, join_proof
     from pamportal.crypto.ca import make_csr
-    from pamportal.cluster.protocol import proof_message
 
     opened = bundle_open(bundle_bytes, mek=mek, now=timezone.now())
     csr_pem, _key = make_csr(names=[address])

@@ -144,7 +144,7 @@ from django.test import Client
 c = Client(HTTP_HOST="127.0.0.11")
 c.force_login(user('admin', Role.ADMINISTRATOR), backend="django.contrib.auth.backends.ModelBackend")
 s = c.session
-from django_otp.plugins.otp_totp.models import TOTPDevice
+from pamportal.accounts.models import TOTPDevice
 s["otp_device_id"] = TOTPDevice.objects.get(user__username="admin").persistent_id
 s.save()
 r = c.get("/cluster/", secure=True)

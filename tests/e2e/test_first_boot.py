@@ -8,16 +8,20 @@ from django_otp.oath import TOTP
 from playwright.sync_api import Page, expect
 
 from tests.support.node import start_node
+from tests.support.totp import fresh_code
 
 pytestmark = [pytest.mark.browser, pytest.mark.processes]
 
 PASSWORD = "a long and unusual passphrase 42"
 
 
-def totp_code(secret_base32: str, offset_steps: int = 0) -> str:
+def secret_key(secret_base32: str) -> bytes:
     secret = secret_base32.replace(" ", "").upper()
-    key = base64.b32decode(secret + "=" * (-len(secret) % 8))
-    totp = TOTP(key, step=30, digits=6)
+    return base64.b32decode(secret + "=" * (-len(secret) % 8))
+
+
+def totp_code(secret_base32: str, offset_steps: int = 0) -> str:
+    totp = TOTP(secret_key(secret_base32), step=30, digits=6)
     totp.time = totp.time + offset_steps * 30
     return f"{totp.token():06d}"
 
@@ -46,7 +50,8 @@ def test_first_boot_to_dashboard_with_facts(node_env, page: Page):
 
     secret = page.locator(".secret").inner_text()
     expect(page.locator(".qr svg")).to_be_visible()
-    page.locator("input[name=otp_token]").fill(totp_code(secret))
+    code, enrolled_step = fresh_code(secret_key(secret))
+    page.locator("input[name=otp_token]").fill(code)
     page.get_by_role("button", name="Create the administrator").click()
 
     # Logged in: the dashboard of this standalone node.
@@ -59,8 +64,8 @@ def test_first_boot_to_dashboard_with_facts(node_env, page: Page):
 
     page.locator("input[name=username]").fill("first-admin")
     page.locator("input[name=password]").fill(PASSWORD)
-    # The code of the next time step: django-otp refuses a code used once already.
-    page.locator("input[name=otp_token]").fill(totp_code(secret, offset_steps=1))
+    # A later time step's code: django-otp refuses a step used once already.
+    page.locator("input[name=otp_token]").fill(fresh_code(secret_key(secret), enrolled_step)[0])
     page.get_by_role("button", name="Log in").click()
 
     # The facts job started at setup has run on the worker; the dashboard shows them.

@@ -11,12 +11,12 @@ import re
 import time
 
 import pytest
-from django_otp.oath import TOTP
 from playwright.sync_api import Browser, BrowserContext, Page, expect
 
 from tests.preflight.support import SntpResponder
 from tests.support.cluster import PASSWORD, USERS, cluster_node, finalise_leader, run, start
 from tests.support.node import wait_for
+from tests.support.totp import fresh_code
 
 pytestmark = [pytest.mark.browser, pytest.mark.processes, pytest.mark.cluster]
 
@@ -36,22 +36,17 @@ for name, role in [{made}]:
 """)
 
 
-def totp_code(key_hex: str, offset_steps: int) -> str:
-    """The code of the time step ``offset_steps`` away from now. django-otp accepts a
-    step once per device (and none at or before the last one used), so a login takes
-    the current step and the vote that follows it the next one."""
-    totp = TOTP(bytes.fromhex(key_hex), step=30, digits=6)
-    totp.time = totp.time + offset_steps * 30
-    return f"{totp.token():06d}"
-
-
-def log_in(page: Page, base: str, username: str, key_hex: str, *, offset_steps: int = 0) -> None:
+def log_in(page: Page, base: str, username: str, key_hex: str) -> int:
+    """Log in with the current step's code; returns that step, which the user's next
+    code must come after (django-otp accepts a step once, and none before it)."""
     page.goto(base + "/account/login/")
     page.locator("input[name=username]").fill(username)
     page.locator("input[name=password]").fill(PASSWORD)
-    page.locator("input[name=otp_token]").fill(totp_code(key_hex, offset_steps))
+    code, step = fresh_code(bytes.fromhex(key_hex))
+    page.locator("input[name=otp_token]").fill(code)
     page.get_by_role("button", name="Log in").click()
     expect(page).not_to_have_url(re.compile(r"/account/login/"))
+    return step
 
 
 def new_page(browser: Browser, contexts: list[BrowserContext]) -> Page:
@@ -136,13 +131,15 @@ def test_a_follower_joins_in_the_browser(browser: Browser, tmp_path):
             # Each approver, in a browser session of their own, approves with a fresh code.
             for number, name in enumerate(APPROVERS, start=1):
                 page = new_page(browser, contexts)
-                log_in(page, leader_base, name, keys[name], offset_steps=0)
+                login_step = log_in(page, leader_base, name, keys[name])
                 page.goto(leader_base + "/cluster/requests/")
                 request = page.locator("article", has_text=f"{FOLLOWER}").filter(
                     has=page.get_by_role("button", name="Vote")).first
                 request.get_by_label("Approve").check()
-                # The step after the login's: a code is accepted once, and none older.
-                request.locator("input[name=totp_code]").fill(totp_code(keys[name], 1))
+                # A step after the login's (waiting for it if need be): a step is
+                # accepted once, and none older.
+                code, _step = fresh_code(bytes.fromhex(keys[name]), login_step)
+                request.locator("input[name=totp_code]").fill(code)
                 request.get_by_role("button", name="Vote").click()
                 expect(page.locator("body")).to_contain_text("Your vote is recorded")
                 expect(page.locator("body")).to_contain_text(f"{name} approved")

@@ -319,7 +319,7 @@ result = ClusterMember.objects.get(address={FOLLOWER_NO_ETCD!r}).state
             assert failed["failure_reason"] == outcome["failure_reason"], failed
             page = run(follower, USERS + f"""
 from django.test import Client
-from django_otp.plugins.otp_totp.models import TOTPDevice
+from pamportal.accounts.models import TOTPDevice
 from pamportal.audit.models import AuditEvent
 c = Client(HTTP_HOST={FOLLOWER_NO_ETCD!r})
 c.force_login(user('admin', Role.ADMINISTRATOR), backend="django.contrib.auth.backends.ModelBackend")

@@ -9,14 +9,14 @@ import pytest
 from django.contrib.auth import get_user_model
 from django.urls import reverse
 from django.utils import timezone
-from django_otp.plugins.otp_totp.models import TOTPDevice
 
+from pamportal.accounts.models import TOTPDevice
 from pamportal.accounts.roles import Role
 from pamportal.audit.actions import AuditAction, Outcome
 from pamportal.setup import services
 from pamportal.setup.models import SetupToken
 from tests.accounts.helpers import events
-from tests.conftest import totp_now
+from tests.conftest import totp_fresh, totp_now
 
 pytestmark = pytest.mark.django_db
 
@@ -77,7 +77,7 @@ def test_full_wizard_creates_administrator_with_totp_and_logs_in(client, data_di
     assert client.get(reverse("setup:totp")).content.decode().count(services.base32_secret(device.key)) == 1
 
     with django_capture_on_commit_callbacks(execute=True):
-        response = client.post(reverse("setup:totp"), {"otp_token": totp_now(device)})
+        response = client.post(reverse("setup:totp"), {"otp_token": totp_fresh(device)})
     assert response.status_code == 302 and response["Location"] == reverse("nodes:dashboard")
 
     admin = get_user_model().objects.get(username="first-admin")
@@ -95,11 +95,11 @@ def test_full_wizard_creates_administrator_with_totp_and_logs_in(client, data_di
     assert "pam_setup" not in session
     assert events(AuditAction.LOGIN_SUCCEEDED)[-1].data["via"] == "setup"
 
-    # Log out and back in with the authenticator (the next time step: the setup code is spent).
+    # Log out and back in with the authenticator (a later time step: the setup code is spent).
     assert client.post(reverse("accounts:logout")).status_code == 302
     response = client.post(
         reverse("accounts:login"),
-        {"username": "first-admin", "password": ADMIN_PASSWORD, "otp_token": totp_now(saved, offset_steps=1)},
+        {"username": "first-admin", "password": ADMIN_PASSWORD, "otp_token": totp_fresh(saved)},
     )
     assert response.status_code == 302 and response["Location"] == reverse("nodes:dashboard")
     assert client.get(reverse("accounts:user_list")).status_code == 200

@@ -53,7 +53,7 @@ def run(env: NodeEnv, code: str) -> dict:
 
 USERS = """
 from django.contrib.auth import get_user_model
-from django_otp.plugins.otp_totp.models import TOTPDevice
+from pamportal.accounts.models import TOTPDevice
 from django_otp.oath import TOTP
 from pamportal.accounts.roles import Role
 User = get_user_model()

@@ -1,0 +1,92 @@
+"""Sealing of TOTP secrets at rest: AES-256-GCM under a node key kept outside the
+database, bound to the user the secret belongs to.
+
+The key is a random 32-byte file in the data dir (0600), created on first use. It is not
+derived from the MEK because the first administrator enrols TOTP before the MEK exists.
+A database dump alone therefore yields no second factor. Nothing here logs or returns
+the key or a secret in a printable form.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from django.conf import settings
+
+KEY_BYTES = 32
+NONCE_BYTES = 12
+VERSION = b"\x01"
+AAD_PREFIX = b"pamportal-totp-v1:"
+
+
+class TOTPKeyUnreadable(RuntimeError):
+    """A sealed TOTP secret cannot be opened on this node; the message says why, in
+    words fit for a log (never the secret or the key)."""
+
+
+def key_path() -> Path:
+    return Path(settings.PAM_DATA_DIR) / "totp-seal.key"
+
+
+def _load(*, create: bool) -> bytes:
+    path = key_path()
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        if not create:
+            raise TOTPKeyUnreadable(f"the TOTP key file {path.name} is missing from the data dir") from None
+        raw = _create(path)
+    if len(raw) != KEY_BYTES:
+        raise TOTPKeyUnreadable(f"the TOTP key file {path.name} is damaged (not {KEY_BYTES} bytes)")
+    return raw
+
+
+def _create(path: Path) -> bytes:
+    """Write a new key to a private temporary file, then link it into place: another
+    process either sees no file or a whole one, and the first writer wins."""
+    key = secrets.token_bytes(KEY_BYTES)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(key)
+            handle.flush()
+            os.fsync(handle.fileno())
+        try:
+            os.link(tmp, path)
+        except FileExistsError:  # another process created it first: use theirs
+            return path.read_bytes()
+        return key
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _aad(user_id) -> bytes:
+    if user_id is None:
+        raise ValueError("a TOTP secret is sealed for a saved user")
+    return AAD_PREFIX + str(user_id).encode()
+
+
+def seal(secret: bytes, *, user_id) -> bytes:
+    """``version || nonce || AES-256-GCM(secret)`` for the user ``user_id``."""
+    nonce = secrets.token_bytes(NONCE_BYTES)
+    return VERSION + nonce + AESGCM(_load(create=True)).encrypt(nonce, secret, _aad(user_id))
+
+
+def unseal(sealed: bytes, *, user_id) -> bytes:
+    sealed = bytes(sealed or b"")
+    if len(sealed) < 1 + NONCE_BYTES + 16 or sealed[:1] != VERSION:
+        raise TOTPKeyUnreadable("the sealed TOTP secret is not in a format this version knows")
+    key = _load(create=False)
+    nonce, body = sealed[1 : 1 + NONCE_BYTES], sealed[1 + NONCE_BYTES :]
+    try:
+        return AESGCM(key).decrypt(nonce, body, _aad(user_id))
+    except InvalidTag:
+        raise TOTPKeyUnreadable(
+            "the sealed TOTP secret does not open: the TOTP key file was replaced, "
+            "or the row was altered or moved to another user"
+        ) from None
