@@ -4,6 +4,9 @@ import os
 
 from celery import Celery
 
+# The worker and beat write the database, logs and `celerybeat-schedule.*`:
+# owner-only, however the worker was started.
+os.umask(0o077)
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "pamportal.settings")
 
 app = Celery("pamportal")
@@ -36,6 +39,12 @@ def _schedule_periodic(sender, **kwargs):
         audit_conf.siem_interval(),
         sender.signature("pamportal.audit.tasks.siem_forward", expires=audit_conf.siem_interval()),
         name="forward audit events to the SIEM",
+    )
+    # Counts of repeated anonymous refusals reach the trail once their window is over.
+    sender.add_periodic_task(
+        float(audit_conf.repeat_window()),
+        sender.signature("pamportal.audit.tasks.repeats_flush", expires=float(audit_conf.repeat_window())),
+        name="record counted audit repeats",
     )
     # Cluster: expire bundles and requests, undo joins a dead worker left behind; and
     # each member's heartbeat over the delegation API.

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Iterable
@@ -33,9 +34,36 @@ FIELDS = (
 )
 
 
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+
+
+def storable_text(value: str) -> str:
+    """``value`` with what neither UTF-8 nor PostgreSQL text can hold written out as
+    its escape: a lone surrogate as the six characters ``\\ud800``, NUL as ``\\u0000``.
+    Identity on everything else (so on every stored value: hashing it again gives the
+    same bytes). Surrogates that Python holds in a str are always lone: a pair read
+    from JSON is already one astral character."""
+    if _UNSTORABLE.search(value) is None:
+        return value
+    return _UNSTORABLE.sub(lambda match: f"\\u{ord(match.group()):04x}", value)
+
+
+def storable(value):
+    """``storable_text`` applied to every string in ``value``, keys of dicts included."""
+    if isinstance(value, str):
+        return storable_text(value)
+    if isinstance(value, dict):
+        return {storable(k) if isinstance(k, str) else k: storable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [storable(item) for item in value]
+    return value
+
+
 def canonical_details(details: dict | None) -> str:
-    """Details as canonical JSON text: sorted keys, no spaces, UTF-8."""
-    return json.dumps(details or {}, sort_keys=True, separators=(",", ":"), ensure_ascii=False, default=str)
+    """Details as canonical JSON text: sorted keys, no spaces, UTF-8, every string made
+    storable (``storable``) first, so the text always encodes."""
+    return json.dumps(storable(details or {}), sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                      default=lambda value: storable_text(str(value)))
 
 
 def canonical_time(value: datetime) -> str:
@@ -80,7 +108,9 @@ def _digest(parts: tuple[str, ...]) -> str:
     # at a third of the cost, which is what lets verification keep up.
     buffer = [_DOMAIN]
     for part in parts:
-        data = part.encode("utf-8")
+        # storable_text is the identity on every value audit_record stores, and makes
+        # any other string encodable, so hashing never fails.
+        data = storable_text(part).encode("utf-8")
         buffer.append(b"%d:%b\n" % (len(data), data))
     return hashlib.sha256(b"".join(buffer)).hexdigest()
 
@@ -140,7 +170,10 @@ def verify_rows(rows: Iterable[tuple], *, start_position: int = 1, start_hash: s
             len(source_ip), source_ip, len(request_id), request_id, len(action), action,
             len(target), target, len(outcome), outcome, len(details), details, len(row_prev), row_prev,
         )
-        data = text.encode("utf-8")
+        try:
+            data = text.encode("utf-8")
+        except UnicodeEncodeError:  # not a stored row; _digest makes it encodable
+            data = b""
         parts = None
         if len(data) != len(text):
             parts = [number, time, actor, actor_name, source_ip, request_id, action, target, outcome, details, row_prev]

@@ -47,6 +47,17 @@ def pdf_event_rows() -> int:
     return int(_get("PAM_AUDIT_PDF_EVENT_ROWS", 2000, int))
 
 
+def repeat_limit() -> int:
+    """Anonymous refusals of one kind from one source address recorded one by one per
+    window; beyond this they are counted and summed up in one event (0: no limit)."""
+    return int(_get("PAM_AUDIT_REPEAT_LIMIT", 10, int))
+
+
+def repeat_window() -> int:
+    """Seconds of the window ``repeat_limit`` counts in (whole seconds, at least 1)."""
+    return max(1, int(_get("PAM_AUDIT_REPEAT_WINDOW", 60, int)))
+
+
 def signing_key_path() -> Path:
     return Path(settings.PAM_DATA_DIR) / "audit-signing.key"
 
@@ -69,7 +80,11 @@ def siem_timeout() -> float:
 
 
 def siem_hostname() -> str:
-    return str(getattr(settings, "PAM_NODE_ADDRESS", "") or "-")
+    """The syslog HOSTNAME: the node address set in the setup wizard (else the one the
+    node started with), as in the export manifests and the PDF."""
+    from pamportal.nodes.selectors import node_address
+
+    return str(node_address() or "-")
 
 
 def siem_sd_id() -> str:

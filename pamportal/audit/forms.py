@@ -2,9 +2,34 @@
 
 from __future__ import annotations
 
+import ipaddress
+import re
+
 from django import forms
 
 from .actions import AuditAction, Outcome
+
+_HOST_LABEL = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?", re.ASCII)
+
+
+def siem_host(text: str) -> str | None:
+    """``text`` as a collector host in its one spelling: an IP address (IPv6 with or
+    without brackets) or an RFC 1123 host name in lower case; None for anything else."""
+    host = (text or "").strip()
+    bare = host[1:-1] if host.startswith("[") and host.endswith("]") else host
+    try:
+        return str(ipaddress.ip_address(bare))
+    except ValueError:
+        pass
+    name = host[:-1] if host.endswith(".") else host
+    if not name or len(name) > 253:
+        return None
+    labels = name.split(".")
+    if any(not _HOST_LABEL.fullmatch(label) for label in labels):
+        return None
+    if labels[-1].isdigit():  # 1.2.3 or 999.1.1.1: a mistyped address, not a name
+        return None
+    return name.lower()
 
 _ANY = [("", "Any")]
 _LOCAL_TIME_FORMATS = ["%Y-%m-%dT%H:%M", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M", "%Y-%m-%d"]
@@ -57,9 +82,11 @@ class SiemForm(forms.Form):
     enabled = forms.BooleanField(required=False, label="Forward events")
 
     def clean_host(self):
-        host = self.cleaned_data["host"].strip()
-        if not host or any(c.isspace() for c in host) or "/" in host:
-            raise forms.ValidationError("Enter a host name or an IP address.")
+        host = siem_host(self.cleaned_data["host"])
+        if host is None:
+            raise forms.ValidationError(
+                "Enter a host name (letters, digits and inner hyphens, dot-separated) or an IP address."
+            )
         return host
 
     def clean_ca_pem(self):

@@ -140,3 +140,22 @@ class SiemCollector(models.Model):
     lease_owner = models.CharField(max_length=100, blank=True)
     lease_until = models.DateTimeField(null=True, blank=True)
     updated_at = models.DateTimeField(auto_now=True)
+
+
+class AuditRepeatCounter(models.Model):
+    """Anonymous refusals of one kind from one source address in the current window:
+    how many were recorded one by one, and how many were only counted (written to the
+    trail as one summary event when the window is over). See ``repeats``."""
+
+    source = models.CharField(max_length=64)
+    kind = models.CharField(max_length=128)
+    action = models.CharField(max_length=64)
+    window_start = models.DateTimeField(db_index=True)
+    recorded = models.PositiveIntegerField(default=0)
+    suppressed = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        constraints = [models.UniqueConstraint(fields=["source", "kind"], name="audit_repeat_counter_source_kind")]
+
+    def __str__(self) -> str:
+        return f"{self.kind} from {self.source or 'unknown'}: {self.recorded} recorded, {self.suppressed} counted"

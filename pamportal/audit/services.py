@@ -14,7 +14,6 @@ from . import chain
 from .actions import AuditAction, Outcome
 from .models import AuditEvent, AuditHead
 
-
 _COLUMNS = (
     "position", "time", "actor_id", "actor_name", "source_ip", "request_id",
     "action", "target", "outcome", "details", "prev_hash", "hash",
@@ -70,7 +69,12 @@ def audit_record(
     if actor_name is None:
         actor_id, actor_name = ctx.actor_id, ctx.actor_name
     action = AuditAction(action)
-    target = (target or "")[:512]
+    # Whatever a request carried (a lone surrogate from a JSON escape, a NUL) is stored
+    # as its escape: stored and hashed alike, so the event can always be written.
+    actor_name = chain.storable_text(actor_name or "")[:150]
+    target = chain.storable_text(target or "")[:512]
+    source_ip = chain.storable_text(ctx.source_ip or "")[:64]
+    request_id = chain.storable_text(ctx.request_id or "")[:64]
     outcome = Outcome(outcome)
     details_text = chain.canonical_details(details)
     connection = connections[AuditEvent.objects.db]
@@ -84,7 +88,7 @@ def audit_record(
         position, prev_hash = row
         now = timezone.now()
         digest = chain.event_hash(
-            position, now, actor_id, actor_name, ctx.source_ip, ctx.request_id,
+            position, now, actor_id, actor_name, source_ip, request_id,
             action.value, target, outcome.value, details_text, prev_hash,
         )
         event = AuditEvent(
@@ -92,8 +96,8 @@ def audit_record(
             time=now,
             actor_id=actor_id,
             actor_name=actor_name,
-            source_ip=ctx.source_ip,
-            request_id=ctx.request_id,
+            source_ip=source_ip,
+            request_id=request_id,
             action=action.value,
             target=target,
             outcome=outcome.value,

@@ -21,3 +21,11 @@ def siem_forward() -> dict:
 
     with acting(actor_id=None, actor_name="SIEM forwarding"):
         return forward()
+
+
+@shared_task(name="pamportal.audit.tasks.repeats_flush", acks_late=True, ignore_result=True)
+def repeats_flush() -> int:
+    from .repeats import audit_repeats_flush
+
+    with acting(actor_id=None, actor_name="audit repeat counter"):
+        return audit_repeats_flush()

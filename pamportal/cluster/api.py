@@ -113,10 +113,12 @@ def join_status(request, request_id):
 @never_cache
 @require_GET
 def leader_time(request):
-    """``GET api/setup/v1/time``: the leader's clock, for the follower's 2-second check."""
+    """``GET api/setup/v1/time``: the leader's clock, for the follower's 2-second check,
+    and its major.feature version (all a follower needs to check it may join; the patch
+    level would tell anyone which fixes the leader lacks)."""
     now = timezone.now()
     return JsonResponse({"ok": True, "time": now.isoformat(), "epoch": now.timestamp(),
-                         "version": settings.PAM_VERSION})
+                         "feature_version": protocol.feature_version(settings.PAM_VERSION)})
 
 
 @csrf_exempt

@@ -23,7 +23,7 @@ from pamportal.audit.services import audit_record
 from pamportal.jobs.registry import JobKind, StepSpec, register
 
 from . import conf, membership, services
-from .etcd import EtcdException, MemberNotLearner, LearnerNotReady
+from .etcd import EtcdException, LearnerNotReady, MemberNotLearner
 from .local_member import member_name
 from .models import ClusterMember, JoinRequest, MemberRole, MemberState, RemovalRequest, RequestState
 

@@ -13,9 +13,13 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from pamportal.crypto import strictjson
 from pamportal.crypto.bundle import canonical_json, normalize_address
 
 SETUP_API_PREFIX = "/api/setup/v1/"
+# A join request nests 3 deep (the preflight summary's lists); room is left so that a
+# follower adding a little structure to its summary is not refused for it.
+MAX_DEPTH = 16
 DELEGATION_API_PREFIX = "/api/delegation/v1/"
 
 # The join request, exactly these fields; "proof" covers all the others.
@@ -40,6 +44,11 @@ class ProtocolError(ValueError):
 REFUSALS: dict[str, tuple[int, str]] = {
     "bad_request": (400, "The join request is not valid: {detail}"),
     "too_large": (413, "The join request is larger than the leader accepts ({detail} bytes)."),
+    "too_deep": (400, "The join request nests JSON more than {detail} levels deep; a join request nests far less."),
+    "lone_surrogate": (400, "The join request holds text that is not valid Unicode in {detail}: a \\uD800-\\uDFFF "
+                            "escape without its pair (a lone surrogate)."),
+    "nul_character": (400, "The join request holds a NUL character (\\u0000) in {detail}."),
+    "number_too_large": (400, "The join request holds a number larger than the leader accepts ({detail})."),
     "not_ready": (503, "The leader is not ready to accept joins: {detail}"),
     "unknown_bundle": (403, "The leader does not know this joining bundle. Generate a new one on the leader."),
     "bad_token": (403, "The bundle's join token is not the one the leader issued: the bundle file was altered."),
@@ -100,31 +109,48 @@ def versions_compatible(leader: str, follower: str) -> bool:
     return parse_version(leader)[:2] == parse_version(follower)[:2]
 
 
-def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict:
-    keys = [k for k, _ in pairs]
-    if len(keys) != len(set(keys)):
-        raise ProtocolError("bad_request", refusal_message("bad_request", "a field appears twice"))
-    return dict(pairs)
+_FEATURE_VERSION = re.compile(r"^(\d{1,4})\.(\d{1,4})$")
 
 
-def _no_constants(name: str):
-    raise ProtocolError("bad_request", refusal_message("bad_request", f"{name} is not allowed in JSON"))
+def feature_version(version: str) -> str:
+    """``major.feature`` of a ``major.feature.patch`` version (what the leader's
+    ``time`` answer tells anyone who asks)."""
+    major, feature, _ = parse_version(version)
+    return f"{major}.{feature}"
+
+
+def feature_version_compatible(leader_feature: str, follower: str) -> bool:
+    """``versions_compatible`` when the leader's side is only ``major.feature`` (or a
+    full version, from a leader that still answers with one)."""
+    match = _FEATURE_VERSION.match(leader_feature or "")
+    if match is None:
+        return versions_compatible(leader_feature, follower)
+    return (int(match[1]), int(match[2])) == parse_version(follower)[:2]
 
 
 def loads_strict(body: bytes, *, max_bytes: int) -> Any:
-    """JSON from a request body: bounded, UTF-8, no duplicate keys, no NaN/Infinity."""
+    """JSON from a request body: bounded in size and depth, UTF-8, no duplicate keys,
+    no NaN/Infinity, no huge numbers, no lone surrogate or NUL in any key or text."""
     if len(body) > max_bytes:
         raise ProtocolError("too_large", refusal_message("too_large", str(max_bytes)))
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError:
         raise ProtocolError("bad_request", refusal_message("bad_request", "the body is not UTF-8")) from None
+    if strictjson.too_deep(text, MAX_DEPTH):
+        raise ProtocolError("too_deep", refusal_message("too_deep", str(MAX_DEPTH)))
     try:
-        return json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_no_constants)
-    except ProtocolError:
-        raise
-    except (ValueError, RecursionError):
+        return strictjson.loads(text)
+    except strictjson.DuplicateKey:
+        raise ProtocolError("bad_request", refusal_message("bad_request", "a field appears twice")) from None
+    except strictjson.BadText as bad:
+        raise ProtocolError(bad.problem, refusal_message(bad.problem, bad.where)) from None
+    except strictjson.NumberTooLarge as large:
+        raise ProtocolError("number_too_large", refusal_message("number_too_large", str(large))) from None
+    except json.JSONDecodeError:
         raise ProtocolError("bad_request", refusal_message("bad_request", "the body is not JSON")) from None
+    except (ValueError, RecursionError):  # NaN, Infinity
+        raise ProtocolError("bad_request", refusal_message("bad_request", "NaN and Infinity are not allowed in JSON")) from None
 
 
 @dataclass(frozen=True)

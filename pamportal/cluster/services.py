@@ -21,7 +21,9 @@ from django.utils import timezone
 
 from pamportal.accounts.roles import Role
 from pamportal.audit.actions import AuditAction, Outcome
+from pamportal.audit.repeats import audit_refusal_repeated
 from pamportal.audit.services import audit_record
+from pamportal.core import context
 
 from . import conf, protocol
 from .models import (
@@ -80,15 +82,26 @@ def _audited_refusals(service):
     return wrapper
 
 
+# Refusals of the setup API (2390), which anyone who reaches the port can cause.
+_ANONYMOUS_REFUSALS = frozenset({AuditAction.CLUSTER_JOIN_REFUSED, AuditAction.CLUSTER_JOIN_POLL_REFUSED})
+
+
 def _record_refusal(refused: ClusterRefused) -> None:
     with transaction.atomic():
         if refused.void_request is not None:
             model, pk = refused.void_request
             _request_void(model, pk, refused.reason)
-        audit_record(
-            action=refused.action, target=refused.target, outcome=Outcome.DENIED,
-            details={"reason": refused.reason, **({"code": refused.code} if refused.code else {}), **refused.details},
-        )
+        event = {
+            "action": refused.action, "target": refused.target, "outcome": Outcome.DENIED,
+            "details": {"reason": refused.reason, **({"code": refused.code} if refused.code else {}),
+                        **refused.details},
+        }
+        if refused.action in _ANONYMOUS_REFUSALS:
+            # Bounded per source address and kind: a flood is counted, not listed.
+            audit_refusal_repeated(source=context.current().source_ip,
+                                   kind=f"{refused.action}:{refused.code or refused.reason}"[:128], **event)
+        else:
+            audit_record(**event)
 
 
 def _username(user) -> str:
@@ -498,7 +511,7 @@ def _vote_refused(message: str, reason: str, target: str, **details) -> ClusterR
 def _totp_check(user, code: str, target: str) -> None:
     """The approver's code, checked again at the vote. Its own transaction, so a wrong
     code counts against the device's throttle even though the vote is refused."""
-    from django_otp.plugins.otp_totp.models import TOTPDevice
+    from pamportal.accounts.models import TOTPDevice
 
     with transaction.atomic():
         device = TOTPDevice.objects.select_for_update().filter(user=user, confirmed=True).first()

@@ -253,8 +253,16 @@ def _aad(format_: Any, version: Any, header: Any) -> bytes:
 # --- Strict JSON ---------------------------------------------------------------------------
 
 
+_BAD_TEXT = {
+    strictjson.LONE_SURROGATE: "The file holds text that is not valid Unicode in {where}: a \\uD800-\\uDFFF escape "
+                               "without its pair (a lone surrogate). A joining bundle never does.",
+    strictjson.NUL_CHARACTER: "The file holds a NUL character (\\u0000) in {where}. A joining bundle never does.",
+}
+
+
 def _load_json(data: bytes) -> Any:
-    """Strict UTF-8 JSON: no BOM, bounded depth, no duplicate keys, no NaN/Infinity."""
+    """Strict UTF-8 JSON: no BOM, bounded depth, no duplicate keys, no NaN/Infinity, no
+    huge numbers, no lone surrogate or NUL in any text."""
     if data.startswith(_UTF8_BOM):
         raise BundleError(
             "bom",
@@ -270,13 +278,19 @@ def _load_json(data: bytes) -> Any:
         raise not_utf8 from None
     if strictjson.too_deep(text, MAX_DEPTH):
         raise BundleError(
-            "too_deep", "The file nests JSON far deeper than a joining bundle does; it is not a joining bundle."
+            "too_deep", f"The file nests JSON more than {MAX_DEPTH} levels deep; a joining bundle nests at most 3."
         )
     try:
         return strictjson.loads(text)
     except strictjson.DuplicateKey as duplicate:
         name = duplicate.key[:64]
         raise BundleError("duplicate_key", f'The file names the field "{name}" more than once.', name) from None
+    except strictjson.BadText as bad:
+        raise BundleError(bad.problem, _BAD_TEXT[bad.problem].format(where=bad.where)) from None
+    except strictjson.NumberTooLarge as large:
+        raise BundleError(
+            "number_too_large", f"The file holds a number far larger than any in a joining bundle ({large})."
+        ) from None
     except json.JSONDecodeError as error:
         raise BundleError(
             "not_json", f"The file is not valid JSON (line {error.lineno}, column {error.colno}: {error.msg})."
@@ -542,7 +556,16 @@ def bundle_open(data: bytes, *, mek: bytes, now: datetime, own_address: str | No
             "bad_body", "The bundle opened with this MEK, but what it holds is not a joining bundle's contents.", "body"
         )
         try:
-            body = strictjson.loads(plaintext.decode("utf-8"))
+            body_text = plaintext.decode("utf-8")
+            if strictjson.too_deep(body_text, MAX_DEPTH):
+                raise BundleError("too_deep", f"The bundle's contents nest JSON more than {MAX_DEPTH} levels deep; "
+                                  "a joining bundle nests at most 3.", "body")
+            body = strictjson.loads(body_text)
+        except strictjson.BadText as bad:
+            raise BundleError(bad.problem, _BAD_TEXT[bad.problem].format(where=bad.where), "body") from None
+        except strictjson.NumberTooLarge as large:
+            raise BundleError("number_too_large", "The bundle's contents hold a number far larger than any in a "
+                              f"joining bundle ({large}).", "body") from None
         except (ValueError, RecursionError):  # JSON, UTF-8, duplicates, NaN
             raise bad_body from None
         if not isinstance(body, dict):

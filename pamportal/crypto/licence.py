@@ -122,6 +122,20 @@ class VerifiedLicence:
     def time_left(self, now: datetime) -> timedelta:
         return self.not_after - now
 
+    def canonical(self) -> bytes:
+        """The verified payload (and the key that signed it) in its one spelling: two
+        files that differ only where the signature does not reach (whitespace, key
+        order of the envelope) give the same bytes."""
+        return json.dumps(
+            {
+                "licence_id": self.licence_id, "product": self.product, "customer": self.customer,
+                "edition": self.edition, "max_nodes": self.max_nodes, "features": list(self.features),
+                "not_before": format_time(self.not_before), "not_after": format_time(self.not_after),
+                "key_id": self.key_id,
+            },
+            sort_keys=True, separators=(",", ":"), ensure_ascii=True,
+        ).encode("ascii")
+
 
 def format_when(moment: datetime) -> str:
     """A date as an operator reads it: the day, plus the time when it is not midnight."""
@@ -152,8 +166,18 @@ def _b64url_decode(value: str, field: str) -> bytes:
     return raw
 
 
+_BAD_TEXT = {
+    strictjson.LONE_SURROGATE: "The file holds text that is not valid Unicode in {where}: a \\uD800-\\uDFFF escape "
+                               "without its pair (a lone surrogate). A licence file never does.",
+    strictjson.NUL_CHARACTER: "The file holds a NUL character (\\u0000) in {where}. A licence file never does.",
+}
+# Refusals of the payload's JSON that say more than "not a JSON object".
+_PAYLOAD_OWN_CODES = frozenset({"duplicate_key", "too_deep", "number_too_large", *_BAD_TEXT})
+
+
 def _load_json(data: bytes) -> Any:
-    """Strict UTF-8 JSON: no BOM, bounded depth, no duplicate keys, no NaN/Infinity."""
+    """Strict UTF-8 JSON: no BOM, bounded depth, no duplicate keys, no NaN/Infinity, no
+    huge numbers, no lone surrogate or NUL in any text."""
     if data.startswith(_UTF8_BOM):
         raise LicenceError(
             "bom",
@@ -168,13 +192,21 @@ def _load_json(data: bytes) -> Any:
     except UnicodeDecodeError:
         raise not_utf8 from None
     if strictjson.too_deep(text, MAX_DEPTH):
-        raise LicenceError("too_deep", "The file nests JSON far deeper than a licence does; it is not a pamportal licence.")
+        raise LicenceError(
+            "too_deep", f"The file nests JSON more than {MAX_DEPTH} levels deep; a licence nests at most 2."
+        )
     try:
         return strictjson.loads(text)
     except strictjson.DuplicateKey as duplicate:
         name = duplicate.key[:64]
         raise LicenceError(
             "duplicate_key", f'The file names the field "{name}" more than once.', field=name
+        ) from None
+    except strictjson.BadText as bad:
+        raise LicenceError(bad.problem, _BAD_TEXT[bad.problem].format(where=bad.where)) from None
+    except strictjson.NumberTooLarge as large:
+        raise LicenceError(
+            "number_too_large", f"The file holds a number far larger than any in a licence ({large})."
         ) from None
     except json.JSONDecodeError as error:
         raise LicenceError(
@@ -323,7 +355,7 @@ def verify_licence(data: bytes, *, allow_test_keys: bool = False) -> VerifiedLic
     try:
         payload = _load_json(payload_bytes)
     except LicenceError as error:
-        if error.code == "duplicate_key":
+        if error.code in _PAYLOAD_OWN_CODES:
             raise
         raise LicenceError("bad_payload", "The licence payload is not a JSON object.") from None
     if not isinstance(payload, dict):

@@ -1,10 +1,13 @@
-"""Strict JSON parsing shared by the uploaded formats (licence, joining bundle): no
-duplicate keys, no NaN/Infinity, and nesting bounded before the recursive parser runs.
-Each format turns these into its own refusal codes and messages."""
+"""Strict JSON parsing shared by the uploaded formats (licence, joining bundle) and the
+cluster setup API: no duplicate keys, no NaN/Infinity, no number too large to hold,
+only text that is valid Unicode without NUL (keys and values), and nesting bounded
+before the recursive parser runs. Each format turns these into its own refusal codes
+and messages."""
 
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 
@@ -14,9 +17,69 @@ class DuplicateKey(ValueError):
         self.key = key
 
 
+class BadText(ValueError):
+    """A string (``where`` says which: a field name or the value of a field) that is
+    not valid Unicode text: ``problem`` is ``"lone_surrogate"`` (a \\uD800-\\uDFFF
+    escape without its pair) or ``"nul_character"`` (\\u0000)."""
+
+    def __init__(self, problem: str, where: str):
+        super().__init__(f"{problem} in {where}")
+        self.problem = problem
+        self.where = where
+
+
+class NumberTooLarge(ValueError):
+    """An integer longer than MAX_INT_DIGITS digits, or a number beyond float range."""
+
+
+# No format we read carries a number anywhere near this long; Python would refuse
+# beyond 4300 digits anyway, after spending quadratic time on it.
+MAX_INT_DIGITS = 64
+LONE_SURROGATE, NUL_CHARACTER = "lone_surrogate", "nul_character"
+
+
+def text_problem(text: str) -> str | None:
+    """Why ``text`` is not storable text (lone surrogate, NUL), or None."""
+    if "\x00" in text:
+        return NUL_CHARACTER
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return LONE_SURROGATE
+    return None
+
+
+def _shown(key: str) -> str:
+    """A field name to show in a message: only when it is clean, and short."""
+    return f'the field "{key[:64]}"' if text_problem(key) is None else "a field"
+
+
+def check_text(value: Any) -> None:
+    """Raise BadText for the first string in ``value`` (keys included) that is not valid
+    Unicode text. Iterative, so a deep value cannot exhaust the stack."""
+    stack: list[tuple[Any, str]] = [(value, "a value")]
+    while stack:
+        item, where = stack.pop()
+        if isinstance(item, str):
+            problem = text_problem(item)
+            if problem:
+                raise BadText(problem, where)
+        elif isinstance(item, dict):
+            for key, child in item.items():
+                problem = text_problem(key)
+                if problem:
+                    raise BadText(problem, "a field name")
+                stack.append((child, f"the value of {_shown(key)}"))
+        elif isinstance(item, list):
+            stack.extend((child, where) for child in item)
+
+
 def no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     result: dict[str, Any] = {}
     for key, value in pairs:
+        problem = text_problem(key)
+        if problem:  # before the duplicate check, so no message ever repeats such a key
+            raise BadText(problem, "a field name")
         if key in result:
             raise DuplicateKey(key)
         result[key] = value
@@ -50,7 +113,27 @@ def too_deep(text: str, limit: int) -> bool:
     return False
 
 
+def parse_int(digits: str) -> int:
+    if len(digits.lstrip("-")) > MAX_INT_DIGITS:
+        raise NumberTooLarge(f"an integer of {len(digits.lstrip('-'))} digits")
+    return int(digits)
+
+
+def parse_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e999999 reads as infinity
+        raise NumberTooLarge(f"the number {text[:20]}{'…' if len(text) > 20 else ''} is beyond range")
+    return value
+
+
 def loads(text: str) -> Any:
-    """``json.loads`` that raises DuplicateKey for a repeated key and ValueError for
-    NaN/Infinity (call ``too_deep`` first)."""
-    return json.loads(text, object_pairs_hook=no_duplicates, parse_constant=refuse_constant)
+    """``json.loads`` that raises DuplicateKey for a repeated key, BadText for a lone
+    surrogate or NUL in any key or string, NumberTooLarge for an integer of more than
+    MAX_INT_DIGITS digits or a number beyond float range, and ValueError for NaN/Infinity
+    (call ``too_deep`` first)."""
+    value = json.loads(
+        text, object_pairs_hook=no_duplicates, parse_constant=refuse_constant, parse_int=parse_int,
+        parse_float=parse_float,
+    )
+    check_text(value)
+    return value

@@ -11,7 +11,7 @@ from django.utils import timezone
 
 from pamportal.audit.actions import AuditAction, Outcome
 from pamportal.audit.services import audit_record
-from pamportal.crypto.licence import LicenceError, parse_licence
+from pamportal.crypto.licence import LicenceError, parse_licence, verify_licence
 
 from .models import Licence
 
@@ -61,13 +61,24 @@ def licence_install(*, data: bytes, user=None, filename: str = "", now: datetime
     raise refused
 
 
+def _canonical_of(licence: Licence) -> bytes | None:
+    """The canonical payload of an installed licence (verified again from its file;
+    it was accepted when installed, so the test key is no reason to refuse it here)."""
+    try:
+        return verify_licence(bytes(licence.raw), allow_test_keys=True).canonical()
+    except LicenceError:
+        return None
+
+
 @transaction.atomic
 def _install(*, data: bytes, digest: str, user, now: datetime, filename: str) -> Licence:
     verified = parse_licence(data, now=now, allow_test_keys=allow_test_keys())
     # Locks the current licence so that two installs at once replace it one after the
     # other, never both.
     current = list(Licence.objects.select_for_update().filter(replaced_at__isnull=True))
-    if any(old.sha256 == digest for old in current):
+    # The same licence is the same verified payload, however its file is spelled.
+    canonical = verified.canonical()
+    if any(old.sha256 == digest or _canonical_of(old) == canonical for old in current):
         raise LicenceRefused("already_installed", "This licence file is already the installed licence.")
     replaced = [old.licence_id for old in current]
     Licence.objects.filter(pk__in=[old.pk for old in current]).update(replaced_at=now)

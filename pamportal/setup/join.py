@@ -194,12 +194,16 @@ def join_preflight(*, user) -> FollowerJoin:
         results.append(_check("clock.leader-offset", "Clock within 2 s of the leader's", ok, f"{offset:+.3f} s",
                               "in step" if ok else "this node's clock differs from the leader's by more than 2 s; "
                               "point both at the same NTP servers"))
-        leader_version = str(answer.get("version", join.leader_version))
+        # The leader tells only its major.feature (older leaders: the full version).
+        leader_version = str(answer.get("feature_version") or answer.get("version") or join.leader_version)
     except (OSError, ValueError, KeyError, TypeError) as error:
         results.append(_check("clock.leader-offset", "Clock within 2 s of the leader's", False, "no answer",
                               f"the leader's setup API did not answer over TLS pinned to the cluster CA: {error}"))
         leader_version = join.leader_version
-    compatible = protocol.versions_compatible(leader_version, settings.PAM_VERSION)
+    try:
+        compatible = protocol.feature_version_compatible(leader_version, settings.PAM_VERSION)
+    except ValueError:  # not a version at all
+        compatible = False
     results.append(_check("version.compatible", "Same major.feature version as the leader", compatible,
                           f"this node {settings.PAM_VERSION}, leader {leader_version}",
                           "compatible" if compatible else "upgrade this node to the leader's version first"))

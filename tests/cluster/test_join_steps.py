@@ -8,9 +8,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from pamportal.cluster.local_member import member_name
 from pamportal.audit.actions import AuditAction
 from pamportal.cluster import jobs, services
+from pamportal.cluster.local_member import member_name
 from pamportal.cluster.models import (
     ClusterMember,
     JoinRequest,

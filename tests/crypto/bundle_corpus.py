@@ -228,7 +228,7 @@ BOM = (
     "The file starts with a byte-order mark; a joining bundle is plain UTF-8 JSON without one. "
     "Upload the file exactly as the leader produced it.",
 )
-TOO_DEEP = ("too_deep", "The file nests JSON far deeper than a joining bundle does; it is not a joining bundle.")
+TOO_DEEP = ("too_deep", "The file nests JSON more than 5 levels deep; a joining bundle nests at most 3.")
 NOT_A_BUNDLE = ("not_a_bundle", "This file is not a pamportal joining bundle.")
 LICENCE = (
     "not_a_bundle",

@@ -96,7 +96,7 @@ def _when(moment: datetime) -> str:
 NOT_UTF8 = "The file is not UTF-8 text; a licence file is a UTF-8 JSON document."
 NOT_JSON = "The file is not valid JSON"
 NOT_A_LICENCE = "This file is not a pamportal licence."
-TOO_DEEP = "The file nests JSON far deeper than a licence does; it is not a pamportal licence."
+TOO_DEEP = "The file nests JSON more than 4 levels deep; a licence nests at most 2."
 TOO_LARGE = "The file is too large to be a licence (the limit is 64 KiB)."
 TAMPERED = "The licence has been altered: its signature does not match its contents."
 BAD_PAYLOAD = "The licence payload is not a JSON object."
@@ -244,7 +244,8 @@ def build() -> list[Case]:
     add("customer-empty", _bad_field("customer", ""), "bad_field", _text_rule("customer", 200))
     add("customer-control", _bad_field("customer", "ACME\u0007"), "bad_field", _text_rule("customer", 200))
     add("customer-too-long", _bad_field("customer", "A" * 201), "bad_field", _text_rule("customer", 200))
-    add("customer-surrogate", _bad_field("customer", "\ud800"), "bad_field", _text_rule("customer", 200))
+    add("customer-surrogate", _bad_field("customer", "\ud800"), "lone_surrogate",
+        'The file holds text that is not valid Unicode in the value of the field "customer"')
     add("customer-object", _bad_field("customer", {"name": "ACME"}), "bad_field", _text_rule("customer", 200))
     add("edition-number", _bad_field("edition", 5), "bad_field", _text_rule("edition", 64))
     add("licence-id-empty", _bad_field("licence_id", ""), "bad_field", 'The "licence_id" field must be 1 to 64 letters')

@@ -46,7 +46,7 @@ def assert_nothing_changed():
 
 
 # The page asks for this node's address; cases about the address are tested below. An
-# empty or oversized upload is refused by the page before the parser sees it (below).
+# empty upload is refused by the form before the parser sees it; an oversized one below.
 PAGE_CASES = [
     case for case in CORPUS
     if case.mek == MEK and case.own_address in (None, FOLLOWER) and case.now == NOW
@@ -93,10 +93,12 @@ def test_bundle_for_another_address(follower):
     assert_nothing_changed()
 
 
-def test_too_large_file_refused_before_reading(follower):
-    response = post(follower, b"{" * (64 * 1024 + 1))
+def test_too_large_file_refused_with_an_audit_event(follower):
+    response = post(follower, b"{" * (4 * 64 * 1024))
     assert response.status_code == 400
-    assert "too large" in response.content.decode()
+    assert "The file is too large to be a joining bundle (the limit is 64 KiB)." in response.content.decode()
+    events = refusals()
+    assert len(events) == 1 and '"code":"too_large"' in events[0].details
     assert_nothing_changed()
 
 

@@ -1,0 +1,69 @@
+"""``GET /api/setup/v1/time`` on 2390 answers anyone, so it tells only the leader's
+major.feature version, never the patch level; the follower's check still works with it
+(and with a leader that still sends a full version)."""
+
+from __future__ import annotations
+
+from django.conf import settings
+
+from pamportal.cluster import protocol
+
+
+def test_time_tells_only_major_feature(leader, client, settings):
+    settings.PAM_VERSION = "7.3.41"
+    data = client.get("/api/setup/v1/time").json()
+    assert data["feature_version"] == "7.3"
+    assert "41" not in str({k: v for k, v in data.items() if k not in ("time", "epoch")})
+    assert "version" not in data
+
+
+def test_the_follower_compares_major_feature_only():
+    ours = settings.PAM_VERSION
+    major, feature, patch = protocol.parse_version(ours)
+    assert protocol.feature_version_compatible(f"{major}.{feature}", ours)
+    assert protocol.feature_version_compatible(f"{major}.{feature}.{patch + 5}", ours)  # an older leader
+    assert not protocol.feature_version_compatible(f"{major}.{feature + 1}", ours)
+    assert not protocol.feature_version_compatible(f"{major + 1}.{feature}", f"{major}.{feature}.0")
+
+
+def test_the_follower_preflight_reads_the_feature_version(monkeypatch, db, settings, tmp_path):
+    """The follower's check against the leader's answer, as join_preflight runs it."""
+    from pamportal.setup import join as follower
+
+    major, feature, _ = protocol.parse_version(settings.PAM_VERSION)
+    answers = {"ok": True, "epoch": 0.0, "feature_version": f"{major}.{feature}"}
+    seen = {}
+
+    def fake_call(join, path, **kwargs):
+        import time
+
+        return 200, {**answers, "epoch": time.time()}
+
+    monkeypatch.setattr(follower, "leader_call", fake_call)
+    real = protocol.feature_version_compatible
+
+    def spy(leader_version, own):
+        seen["leader"] = leader_version
+        return real(leader_version, own)
+
+    monkeypatch.setattr(protocol, "feature_version_compatible", spy)
+    _run_preflight(follower, monkeypatch)
+    assert seen["leader"] == f"{major}.{feature}"
+
+
+def _run_preflight(follower, monkeypatch):
+    from types import SimpleNamespace
+
+    from pamportal.setup.models import JoinState
+
+    join = SimpleNamespace(
+        state=JoinState.OPENED, leader_address="127.0.0.1", leader_version="0.0.1", own_address="127.0.0.12",
+        leader_ports={"https": 1, "etcd_client": 1, "etcd_peer": 1, "setup_api": 1, "delegation": 1},
+        preflight=None, save=lambda **kwargs: None,
+    )
+    monkeypatch.setattr(follower, "join_current", lambda: join)
+    monkeypatch.setattr(follower, "_reachable", lambda host, port: (True, "ok"))
+    monkeypatch.setattr(follower, "_port_free", lambda host, port: (True, "free"))
+    follower.join_preflight(user=None)
+    checks = {r["id"]: r for r in join.preflight}
+    assert checks["version.compatible"]["ok"], checks["version.compatible"]
