@@ -34,6 +34,15 @@ PAM_DATA_DIR = Path(os.environ.get("PAM_DATA_DIR", BASE_DIR / "var")).resolve()
 PAM_DATA_DIR.mkdir(parents=True, exist_ok=True, mode=0o700)
 PAM_LOG_DIR = PAM_DATA_DIR / "logs"
 PAM_LOG_DIR.mkdir(exist_ok=True, mode=0o700)
+# mkdir's mode does nothing to a directory that already exists (an installer's 0755):
+# the data dir holds the database, keys and sessions, so it is owner-only. `serve`
+# tightens the files already in it (pamportal.core.management.commands.serve).
+for _dir in (PAM_DATA_DIR, PAM_LOG_DIR):
+    try:
+        if _dir.stat().st_mode & 0o077:
+            _dir.chmod(0o700)
+    except OSError:  # not ours to change (read-only mount, another owner): leave it
+        pass
 
 
 def _secret_file(path: Path, nbytes: int = 50) -> str:
@@ -83,6 +92,8 @@ INSTALLED_APPS = [
     "whitenoise.runserver_nostatic",
     "django.contrib.staticfiles",
     "django_otp",
+    # Kept only for its migrations: accounts 0004 moves its plaintext devices into
+    # accounts.TOTPDevice (sealed). Nothing else uses its model.
     "django_otp.plugins.otp_totp",
     "axes",
     "csp",
@@ -108,6 +119,8 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django_otp.middleware.OTPMiddleware",
     "pamportal.core.middleware.AuditActorMiddleware",
+    # After authentication: any answer to a logged-in user gets Cache-Control: no-store.
+    "pamportal.core.middleware.NeverCacheAuthenticatedMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
     "csp.middleware.CSPMiddleware",
@@ -185,12 +198,23 @@ CSRF_COOKIE_SECURE = True
 CSRF_COOKIE_HTTPONLY = True
 CSRF_COOKIE_SAMESITE = "Strict"
 CSRF_COOKIE_NAME = "pamportal_csrftoken"
+# A refused form gets the console's page and an audit event (auth.access_denied).
+CSRF_FAILURE_VIEW = "pamportal.core.views.csrf_failure"
 
 AXES_FAILURE_LIMIT = _env_int("PAM_LOCKOUT_FAILURES", 5)
+# Failures from one address across all usernames before the address itself is locked
+# (a brake on password spraying); far above AXES_FAILURE_LIMIT so that a few users
+# behind one NAT mistyping do not lock each other out.
+PAM_LOCKOUT_ADDRESS_FAILURES = _env_int("PAM_LOCKOUT_ADDRESS_FAILURES", 30)
 AXES_COOLOFF_TIME = timedelta(minutes=_env_int("PAM_LOCKOUT_MINUTES", 15))
-# Lock an account after repeated failures from anywhere, and an address that guesses
-# across accounts.
-AXES_LOCKOUT_PARAMETERS = ["username", "ip_address"]
+# Lock a username from the address that guessed it (so a stranger cannot lock a user
+# out from elsewhere), and an address that guesses across usernames. Each combination
+# has its own limit: see pamportal.accounts.lockout.
+AXES_LOCKOUT_PARAMETERS = [["username", "ip_address"], "ip_address"]
+AXES_HANDLER = "pamportal.accounts.lockout.AddressBrakeHandler"
+# Tries during a lockout are refused without being counted, so the cool-off runs from
+# the failure that caused the lockout and is not restarted by further tries.
+AXES_RESET_COOL_OFF_ON_FAILURE_DURING_LOCKOUT = False
 AXES_RESET_ON_SUCCESS = True
 AXES_LOCKOUT_CALLABLE = "pamportal.accounts.views.locked_out"
 AXES_VERBOSE = False

@@ -10,9 +10,10 @@ from django.core.exceptions import PermissionDenied
 from .roles import has_capability
 
 
-def require_capability(capability: str):
+def require_capability(capability: str, *, on_refused=None):
     """Anonymous users go to the login page; users without the capability get 403
-    (which the 403 handler records as an audit event)."""
+    (which the 403 handler records as an audit event), or, when given, the answer of
+    ``on_refused(request, *args, **kwargs)``, which then records the refusal itself."""
 
     def decorator(view):
         @wraps(view)
@@ -20,6 +21,8 @@ def require_capability(capability: str):
             if not request.user.is_authenticated:
                 return redirect_to_login(request.get_full_path())
             if not has_capability(request.user, capability):
+                if on_refused is not None:
+                    return on_refused(request, *args, **kwargs)
                 raise PermissionDenied(capability)
             return view(request, *args, **kwargs)
 

@@ -8,6 +8,7 @@ from django.contrib.auth.validators import UnicodeUsernameValidator
 
 from .roles import Role
 
+
 def code_field(required: bool) -> forms.RegexField:
     field = forms.RegexField(
         regex=r"^\s*\d{6}\s*$",

@@ -5,9 +5,15 @@ password must be changed first."""
 from django.contrib import auth, messages
 from django.shortcuts import redirect
 from django.urls import reverse
-from django_otp.plugins.otp_totp.models import TOTPDevice
 
-_ALWAYS_OPEN = ("/static/", "/healthz", "/setup/")
+from pamportal.accounts.models import TOTPDevice
+
+_ALWAYS_OPEN = ("/static/", "/healthz")
+# The wizard steps before the first administrator has a verified session: its start,
+# the setup token, the administrator's name and password, and TOTP enrolment. Every
+# later step (node, preflight, licence, MEK, finalise, join) is an ordinary page and
+# needs a session that passed TOTP and a changed password.
+_OPEN_SETUP_STEPS = ("setup:start", "setup:token", "setup:administrator", "setup:totp")
 
 
 class AccountPolicyMiddleware:
@@ -17,6 +23,8 @@ class AccountPolicyMiddleware:
     def __call__(self, request):
         user = request.user
         if not user.is_authenticated or request.path.startswith(_ALWAYS_OPEN):
+            return self.get_response(request)
+        if request.path in {reverse(name) for name in _OPEN_SETUP_STEPS}:
             return self.get_response(request)
         if request.path == reverse("accounts:logout"):
             return self.get_response(request)

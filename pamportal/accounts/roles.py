@@ -13,8 +13,9 @@ class Role(models.TextChoices):
     AUDITOR = "auditor", "Auditor"
 
 
-# Roles that must enrol TOTP before they can do anything else.
-TOTP_REQUIRED = frozenset({Role.APPROVER, Role.ADMINISTRATOR, Role.AUDITOR})
+# Roles that must enrol TOTP before they can do anything else: every role that can
+# change anything (or export the trail). Only a viewer may log in with a password only.
+TOTP_REQUIRED = frozenset({Role.OPERATOR, Role.APPROVER, Role.ADMINISTRATOR, Role.AUDITOR})
 
 _ALL = frozenset(Role)
 _RUNNERS = frozenset({Role.OPERATOR, Role.ADMINISTRATOR})

@@ -19,11 +19,11 @@ from django.db import transaction
 from django.http import HttpRequest
 from django.utils import timezone
 from django_otp import login as otp_login
-from django_otp.plugins.otp_totp.models import TOTPDevice
 
 from pamportal.audit.actions import AuditAction, Outcome
 from pamportal.audit.services import audit_record
 
+from .models import TOTPDevice
 from .roles import Role
 
 User = get_user_model()
@@ -141,7 +141,9 @@ def session_login(*, request: HttpRequest, username: str, password: str, code: s
             reason = "no code given"
             error = "Enter the 6-digit code from your authenticator app."
         elif not device.verify_token(code):
-            reason = "wrong or reused code"
+            # A secret that will not open on this node is logged with its cause by the
+            # device; the user sees the usual message.
+            reason = "secret unreadable on this node" if device.unusable_reason else "wrong or reused code"
             error = "The 6-digit code is not correct (or was already used). Check your phone's clock and enter the current code."
         else:
             reason = ""
@@ -186,8 +188,13 @@ def session_logout(*, request: HttpRequest) -> None:
 
 def locked_out_record(*, username: str, ip_address: str) -> None:
     """Axes locked an account or address out (called from its signal, once per refused
-    attempt)."""
-    audit_record(
+    attempt). Anyone can repeat a refused attempt, so they are bounded per address:
+    beyond the repeat limit of a window they are counted in one event."""
+    from pamportal.audit.repeats import audit_refusal_repeated
+
+    audit_refusal_repeated(
+        source=ip_address or "",
+        kind=AuditAction.LOGIN_LOCKED_OUT.value,
         action=AuditAction.LOGIN_LOCKED_OUT,
         target=f"user:{username}"[:160] if username else f"ip:{ip_address}",
         outcome=Outcome.DENIED,
@@ -204,6 +211,9 @@ def totp_enrol_start(*, user) -> TOTPDevice:
     """The unconfirmed device being enrolled; the same one (and secret) until confirmed,
     so reloading the page does not invalidate a QR code already scanned."""
     device = TOTPDevice.objects.filter(user=user, confirmed=False).order_by("-pk").first()
+    if device is not None and not device.key_readable():
+        device.delete()  # its QR code can never work again: start over with a new secret
+        device = None
     if device is None:
         device = TOTPDevice.objects.create(user=user, name="authenticator", confirmed=False)
     return device

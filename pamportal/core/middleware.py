@@ -1,8 +1,11 @@
-"""Request id, source address and acting user, made available to the audit service."""
+"""Request id, source address and acting user, made available to the audit service;
+no caching of pages shown to a logged-in user."""
 
 from __future__ import annotations
 
 from dataclasses import replace
+
+from django.utils.cache import add_never_cache_headers
 
 from pamportal.core import context
 
@@ -46,3 +49,20 @@ class AuditActorMiddleware:
             finally:
                 context.reset(token)
         return self.get_response(request)
+
+
+class NeverCacheAuthenticatedMiddleware:
+    """Every answer to a logged-in user (or one that logs a user in or out) is marked
+    ``Cache-Control: no-store``, so no browser or proxy keeps a console page."""
+
+    def __init__(self, get_response):
+        self.get_response = get_response
+
+    def __call__(self, request):
+        user = getattr(request, "user", None)
+        was_authenticated = bool(user is not None and user.is_authenticated)
+        response = self.get_response(request)
+        user = getattr(request, "user", None)
+        if was_authenticated or (user is not None and user.is_authenticated):
+            add_never_cache_headers(response)
+        return response

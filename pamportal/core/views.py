@@ -4,23 +4,39 @@ from __future__ import annotations
 
 from django.http import JsonResponse
 from django.shortcuts import render
+from django.utils.cache import add_never_cache_headers
 
-from pamportal.audit.actions import AuditAction, Outcome
-from pamportal.audit.services import audit_record
+from pamportal.core import services
 
 
 def healthz(request):
     return JsonResponse({"status": "ok"})
 
 
+def _role_of(request) -> str:
+    user = getattr(request, "user", None)
+    return getattr(user, "role", "") if user is not None and user.is_authenticated else "anonymous"
+
+
 def permission_denied(request, exception=None):
-    audit_record(
-        action=AuditAction.ACCESS_DENIED,
-        target=request.path,
-        outcome=Outcome.DENIED,
-        details={"method": request.method},
+    # ``require_capability`` raises PermissionDenied with the capability's name.
+    capability = str(exception) if exception is not None and exception.args else ""
+    services.access_denied_record(
+        path=request.path,
+        method=request.method,
+        reason="capability",
+        detail=f"role {_role_of(request)} lacks {capability}" if capability else f"role {_role_of(request)}",
     )
     return render(request, "core/403.html", status=403)
+
+
+def csrf_failure(request, reason=""):
+    """``CSRF_FAILURE_VIEW``: a form posted without a valid CSRF token (a stale page, a
+    cookie that expired, or another site's form). Refused, recorded, explained."""
+    services.access_denied_record(path=request.path, method=request.method, reason="csrf", detail=reason)
+    response = render(request, "core/403_csrf.html", status=403)
+    add_never_cache_headers(response)
+    return response
 
 
 def not_found(request, exception=None):

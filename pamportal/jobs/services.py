@@ -19,6 +19,7 @@ import logging
 import threading
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import wraps
 from typing import Any
 
 from django.conf import settings
@@ -322,6 +323,33 @@ def _actor_name(user) -> str:
 
 
 @transaction.atomic
+def job_refusal_record(*, action: AuditAction, job_id: int, reason: str, outcome: Outcome = Outcome.DENIED) -> None:
+    """A run-again or cancel that was refused (wrong role, or a job in a state that does
+    not allow it): the event names the job and the reason."""
+    audit_record(action=action, target=f"job:{job_id}", outcome=outcome, details={"reason": reason[:300]})
+
+
+def _audited_refusals(action: AuditAction):
+    """Run the service in its own transaction; when it refuses (no such job, illegal
+    state), nothing it did is kept, the refusal is recorded (outcome failed), re-raised."""
+
+    def decorator(service):
+        atomic_service = transaction.atomic(service)
+
+        @wraps(service)
+        def wrapper(*, job_id: int, user) -> Job:
+            try:
+                return atomic_service(job_id=job_id, user=user)
+            except (IllegalTransition, JobNotFound) as refused:
+                job_refusal_record(action=action, job_id=job_id, reason=str(refused), outcome=Outcome.FAILED)
+                raise
+
+        return wrapper
+
+    return decorator
+
+
+@_audited_refusals(AuditAction.JOB_RERUN)
 def job_rerun(*, job_id: int, user) -> Job:
     """Run a failed or cancelled job again: it and its unfinished steps back to pending."""
     job = Job.objects.select_for_update().filter(pk=job_id).first()
@@ -348,7 +376,7 @@ def job_rerun(*, job_id: int, user) -> Job:
     return job
 
 
-@transaction.atomic
+@_audited_refusals(AuditAction.JOB_CANCELLED)
 def job_cancel(*, job_id: int, user) -> Job:
     """Cancel a pending or running job. A step already running is marked cancelled; its
     worker finds it so when the step returns and discards the outcome."""

@@ -9,6 +9,7 @@ from django.views.decorators.http import require_GET, require_POST
 from django_htmx.http import HttpResponseStopPolling
 
 from pamportal.accounts.decorators import require_capability
+from pamportal.audit.actions import AuditAction
 
 from . import selectors, services
 from .models import Job
@@ -43,7 +44,20 @@ def job_progress(request, pk: int):
     return response
 
 
-@require_capability("jobs.run")
+def _refused(action):
+    """The answer to a user whose role may not run jobs: 403, recorded against the job
+    with the reason (instead of the generic refused-page event)."""
+
+    def respond(request, pk: int):
+        services.job_refusal_record(
+            action=action, job_id=pk, reason=f"role {request.user.role} lacks the capability jobs.run"
+        )
+        return render(request, "core/403.html", status=403)
+
+    return respond
+
+
+@require_capability("jobs.run", on_refused=_refused(AuditAction.JOB_RERUN))
 @require_POST
 def job_rerun(request, pk: int):
     job = get_object_or_404(Job, pk=pk)
@@ -56,7 +70,7 @@ def job_rerun(request, pk: int):
     return redirect("jobs:detail", pk=job.pk)
 
 
-@require_capability("jobs.run")
+@require_capability("jobs.run", on_refused=_refused(AuditAction.JOB_CANCELLED))
 @require_POST
 def job_cancel(request, pk: int):
     job = get_object_or_404(Job, pk=pk)

@@ -10,9 +10,9 @@ from django.contrib.auth import get_user_model
 from django.contrib.sessions.models import Session
 from django.test import Client
 from django.urls import reverse
-from django_otp.plugins.otp_totp.models import TOTPDevice
 
 from pamportal.accounts import services
+from pamportal.accounts.models import TOTPDevice
 from pamportal.accounts.roles import Role
 from pamportal.audit.actions import AuditAction, Outcome
 from tests.accounts.helpers import events
@@ -32,14 +32,15 @@ def admin(admin_user, login_client):
 def test_create_user_forces_password_change_at_first_login(admin, make_user):
     response = admin.post(
         reverse("accounts:user_create"),
-        {"username": "olga", "role": Role.OPERATOR, "new_password1": NEW_PASSWORD, "new_password2": NEW_PASSWORD},
+        # A viewer: the one role that needs no TOTP, so the password change comes first.
+        {"username": "olga", "role": Role.VIEWER, "new_password1": NEW_PASSWORD, "new_password2": NEW_PASSWORD},
         follow=True,
     )
-    assert b"User olga (Operator) created." in response.content
+    assert b"User olga (Viewer) created." in response.content
     olga = User.objects.get(username="olga")
-    assert olga.role == Role.OPERATOR and olga.must_change_password and olga.check_password(NEW_PASSWORD)
+    assert olga.role == Role.VIEWER and olga.must_change_password and olga.check_password(NEW_PASSWORD)
     (event,) = events(AuditAction.USER_CREATED)
-    assert event.target == "user:olga" and event.data == {"role": "operator"}
+    assert event.target == "user:olga" and event.data == {"role": "viewer"}
     assert NEW_PASSWORD not in event.details
 
     client = Client()

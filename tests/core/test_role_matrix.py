@@ -6,12 +6,12 @@ be added without deciding who may use it.
 
 from __future__ import annotations
 
+import uuid
+
 import pytest
 from django.urls import URLPattern, URLResolver, get_resolver, reverse
 
 from pamportal.accounts.roles import Role
-import uuid
-
 from pamportal.audit.actions import AuditAction
 from pamportal.audit.exports import audit_export_create, audit_export_run
 from pamportal.audit.services import audit_record

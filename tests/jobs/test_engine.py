@@ -16,7 +16,6 @@ from pamportal.jobs.choices import Status
 from pamportal.jobs.models import Job, OutputLine, Step
 from pamportal.jobs.selectors import job_output
 from pamportal.jobs.services import (
-    stall_after,
     IllegalTransition,
     job_cancel,
     job_create,
@@ -25,6 +24,7 @@ from pamportal.jobs.services import (
     job_rerun,
     lease_renew,
     leases_reap,
+    stall_after,
     step_claim,
 )
 from tests.jobs import kinds

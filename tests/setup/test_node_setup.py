@@ -17,8 +17,15 @@ from pamportal.setup import services
 from tests.accounts.helpers import events
 
 from .helpers import (
-    ADDRESS, NTP, finish_preflight, groups_in, licence_file, post_licence, through_licence,
-    through_node, through_preflight,
+    ADDRESS,
+    NTP,
+    finish_preflight,
+    groups_in,
+    licence_file,
+    post_licence,
+    through_licence,
+    through_node,
+    through_preflight,
 )
 
 pytestmark = pytest.mark.django_db
