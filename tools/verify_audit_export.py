@@ -30,7 +30,12 @@ What each check proves
 
 CSV cells that began with ``=``, ``+``, ``-``, ``@``, ``'`` or a control character were
 written with one ``'`` in front (so a spreadsheet never runs them); a cell beginning
-with ``'`` is read back without it. Exit status: 0 verified, 1 refused, 2 unusable input.
+with ``'`` is read back without it. The same holds for every line inside a cell: after
+a line break (CR, LF, CRLF, NEL, U+2028...) such a character gets one ``'`` in front, read
+back without it (manifests with ``"csv_escape": "line-starts"``). A cell holding a line
+break, a comma or a quote is quoted. The file may begin with a UTF-8 BOM, which
+spreadsheets need to read it as UTF-8; it is not part of the header.
+Exit status: 0 verified, 1 refused, 2 unusable input.
 """
 
 from __future__ import annotations
@@ -39,7 +44,9 @@ import argparse
 import base64
 import csv
 import hashlib
+import itertools
 import json
+import re
 import sys
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator
@@ -55,6 +62,15 @@ _MANIFEST_DOMAIN = b"pamportal-audit-manifest-v1\n"
 _CHECKPOINT_DOMAIN = b"pamportal-audit-checkpoint-v1\n"
 # First characters a spreadsheet would treat as a formula or a control: escaped with '.
 ESCAPE_FIRST = frozenset("=+-@'") | frozenset(chr(c) for c in range(32)) | {"\x7f"}
+# Line breaks (those ``str.splitlines`` knows); CRLF is one. A line inside a cell that
+# begins with a character of ESCAPE_FIRST (other than a break) gets a ' as well.
+LINE_BREAKS = "\n\x0b\x0c\r\x1c\x1d\x1e\x85\u2028\u2029"
+_BREAK = "(\r\n|[" + LINE_BREAKS + "])"
+_ESCAPE_AFTER_BREAK = re.compile(_BREAK + "(?=[" + re.escape("".join(sorted(ESCAPE_FIRST - set(LINE_BREAKS)))) + "])")
+_ESCAPED_AFTER_BREAK = re.compile(_BREAK + "'")
+_QUOTE_IF = re.compile('[,"' + LINE_BREAKS + "]")
+CSV_ESCAPE = "line-starts"
+BOM = "\ufeff"
 MAX_MANIFEST_BYTES = 1 << 20
 
 
@@ -73,11 +89,23 @@ def checkpoint_message(*, position: int, hash: str, time: str, key_id: str) -> b
 
 
 def csv_escape(value: str) -> str:
-    return "'" + value if value and value[0] in ESCAPE_FIRST else value
+    escaped = _ESCAPE_AFTER_BREAK.sub("\\1'", value)
+    return "'" + escaped if value and value[0] in ESCAPE_FIRST else escaped
 
 
-def csv_unescape(value: str) -> str:
-    return value[1:] if value[:1] == "'" else value
+def csv_unescape(value: str, *, line_starts: bool = True) -> str:
+    value = value[1:] if value[:1] == "'" else value
+    return _ESCAPED_AFTER_BREAK.sub("\\1", value) if line_starts else value
+
+
+def csv_line(cells: Iterable[str]) -> str:
+    """One CSV row (LF-terminated) of escaped cells; a cell holding a comma, a quote or
+    any line break is quoted (``csv.writer`` with ``lineterminator="\\n"`` leaves a CR bare)."""
+    out = []
+    for cell in cells:
+        cell = csv_escape(cell)
+        out.append('"' + cell.replace('"', '""') + '"' if _QUOTE_IF.search(cell) else cell)
+    return ",".join(out) + "\n"
 
 
 def event_hash(parts: Iterable[str]) -> str:
@@ -191,8 +219,10 @@ def _text_lines(path: str) -> Iterator[str]:
                 raise Refused("it is not UTF-8 text (a byte was changed)", number) from None
 
 
-def _csv_rows(path: str) -> Iterator[tuple[int, list]]:
+def _csv_rows(path: str, *, line_starts: bool = True) -> Iterator[tuple[int, list]]:
     lines = _text_lines(path)
+    first = next(lines, "")
+    lines = itertools.chain([first[len(BOM):] if first.startswith(BOM) else first], lines)
     reader = csv.reader(lines, strict=True)
     try:
         header = next(reader, None)
@@ -210,7 +240,7 @@ def _csv_rows(path: str) -> Iterator[tuple[int, list]]:
         line = reader.line_num
         if len(cells) != len(COLUMNS):
             raise Refused(f"it has {len(cells)} cells instead of {len(COLUMNS)}", line)
-        cells = [csv_unescape(cell) for cell in cells]
+        cells = [csv_unescape(cell, line_starts=line_starts) for cell in cells]
         try:
             position = int(cells[0])
             actor_id = None if cells[2] == "" else int(cells[2])
@@ -341,7 +371,9 @@ def verify(export_path: str, manifest_path: str, *, public_key: str | None = Non
         except OSError as exc:
             raise Unusable(f"cannot read the export: {exc}") from None
         if kind in ("csv", "jsonl"):
-            _check_rows(_csv_rows(export_path) if kind == "csv" else _jsonl_rows(export_path), manifest, report)
+            rows = (_csv_rows(export_path, line_starts=export.get("csv_escape") == CSV_ESCAPE) if kind == "csv"
+                    else _jsonl_rows(export_path))
+            _check_rows(rows, manifest, report)
         elif kind != "pdf":
             raise Unusable(f"unknown export format {kind!r}")
         if digest != export.get("sha256") or size != export.get("bytes"):

@@ -62,6 +62,7 @@ class AuditAction(models.TextChoices):
     AUDIT_SIGNING_KEY_CREATED = "audit.signing_key_created", "Audit signing key created"
     AUDIT_SIEM_CONFIGURED = "audit.siem_configured", "SIEM forwarding configured"
     AUDIT_SIEM_RESET = "audit.siem_cursor_set", "SIEM forwarding cursor moved"
+    AUDIT_REPEATS_COUNTED = "audit.repeats_counted", "Repeated refusals counted"
     # Cluster
     CLUSTER_BUNDLE_CREATED = "cluster.bundle_created", "Joining bundle created"
     CLUSTER_BUNDLE_DOWNLOADED = "cluster.bundle_downloaded", "Joining bundle downloaded"
@@ -99,6 +100,22 @@ class AuditAction(models.TextChoices):
     JOIN_HANDOVER_APPLIED = "join.handover_applied", "Certificate and etcd configuration installed"
     JOIN_COMPLETED = "join.completed", "Joined the cluster"
     JOIN_FAILED = "join.failed", "Join failed"
+
+
+# What the PDF report lists under "Approvals and votes": requests that need approval,
+# the votes on them and how each ended, and changes to the approval policy.
+APPROVAL_ACTIONS = frozenset({
+    AuditAction.CLUSTER_JOIN_REQUESTED,
+    AuditAction.CLUSTER_REMOVAL_REQUESTED,
+    AuditAction.CLUSTER_VOTE,
+    AuditAction.CLUSTER_VOTE_REFUSED,
+    AuditAction.CLUSTER_REQUEST_APPROVED,
+    AuditAction.CLUSTER_REQUEST_DENIED,
+    AuditAction.CLUSTER_REQUEST_EXPIRED,
+    AuditAction.CLUSTER_REQUEST_VOIDED,
+    AuditAction.CLUSTER_POLICY_CHANGED,
+})
+
 
 class Outcome(models.TextChoices):
     SUCCEEDED = "succeeded", "Succeeded"

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import io
 import json
 import os
 import uuid
@@ -20,10 +19,11 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Callable, Iterator
 
-from django.conf import settings
 from django.db import connection, transaction
 from django.db.models.expressions import RawSQL
 from django.utils import timezone as dj_timezone
+
+from pamportal.nodes.selectors import node_address
 
 from . import chain, conf, offline
 from .models import AuditChainStatus, AuditCheckpoint, AuditExport
@@ -32,11 +32,16 @@ from .selectors import audit_event_list
 FETCH = 5000
 # PostgreSQL formats the rows and ``COPY ... TO STDOUT`` streams them, one CopyData
 # message per row, so each row's position and hash are read off its ends. CSV cells a
-# spreadsheet could run (or control chars) get a ' in front (offline.csv_escape).
+# spreadsheet could run (or control chars) get a ' in front, at the cell's start and
+# after each line break inside it (offline.csv_escape). COPY quotes CR, LF, , and ".
 _PG_TIME = "to_char(time AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')"
+_PG_LINES = (
+    r"regexp_replace({c}, '(\r\n|[\n\x0b\x0c\r\x1c-\x1e\u0085\u2028\u2029])"
+    r"(?=[-=+@''\x01-\x09\x0e-\x1b\x1f\x7f])', '\1''', 'g')"
+)
 _PG_ESC = (
     "CASE WHEN ascii({c}) IN (61, 43, 45, 64, 39, 127) OR ascii({c}) BETWEEN 1 AND 31 "
-    "THEN chr(39) || {c} ELSE {c} END"
+    "THEN chr(39) || " + _PG_LINES + " ELSE " + _PG_LINES + " END"
 )
 _TEXT_COLUMNS = ("actor_name", "source_ip", "request_id", "action", "target", "outcome", "details", "prev_hash", "hash")
 _PG_CSV_COLUMNS = ["position", _PG_TIME, _PG_ESC.format(c="COALESCE(actor_id::text, '')")] + [
@@ -145,10 +150,7 @@ def _python_chunks(filters: dict, upto: int, kind: str) -> Iterator[list[tuple]]
         values = list(row)
         values[1] = chain.canonical_time(values[1])
         if kind == "csv":
-            buffer = io.StringIO()
-            cells = [str(v) if v is not None else "" for v in values]
-            csv.writer(buffer, lineterminator="\n").writerow([offline.csv_escape(c) for c in cells])
-            line = buffer.getvalue()
+            line = offline.csv_line(str(v) if v is not None else "" for v in values)
         else:
             line = json.dumps(dict(zip(offline.COLUMNS, values)), ensure_ascii=False, separators=(",", ":")) + "\n"
         batch.append((values[0], values[-1], values[1], line.encode("utf-8")))
@@ -163,8 +165,8 @@ def encode(export_filters: dict, upto: int, kind: str, stats: ExportStats) -> It
     """The export file's bytes, chunk by chunk, updating ``stats`` as they go."""
     if kind not in ("csv", "jsonl"):
         raise ValueError(f"not a row format: {kind}")
-    if kind == "csv":
-        header = (",".join(offline.COLUMNS) + "\n").encode("ascii")
+    if kind == "csv":  # with a BOM: spreadsheets read the file as UTF-8 only with one
+        header = (offline.BOM + ",".join(offline.COLUMNS) + "\n").encode("utf-8")
         stats.file.update(header)
         stats.size += len(header)
         yield header
@@ -224,8 +226,9 @@ def build_manifest(export: AuditExport, *, stats: ExportStats | None, file_sha25
             "format": export.format,
             "sha256": file_sha256,
             "bytes": size,
+            **({"csv_escape": offline.CSV_ESCAPE} if export.format == AuditExport.Format.CSV else {}),
         },
-        "node": settings.PAM_NODE_ADDRESS,
+        "node": node_address(),
         "created_at": chain.canonical_time(export.created_at),
         "created_by": export.created_by_name,
         "filters": {k: str(v) for k, v in sorted(export.filters.items())},

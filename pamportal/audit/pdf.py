@@ -4,20 +4,21 @@ action and outcome, approvals with their votes, the verification result, the eve
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Callable
 
-from django.conf import settings
 from django.db import transaction
 from django.db.models import Count
 from django.template.loader import render_to_string
 
+from pamportal.nodes.selectors import node_address
+
 from . import chain, conf
-from .actions import AuditAction, Outcome
+from .actions import APPROVAL_ACTIONS, AuditAction, Outcome
 from .exports import ExportStats, _filters_from_stored, export_queryset
 from .models import AuditChainStatus, AuditExport
 from .signing import signing_key_load
-
 
 
 def _stats(filters: dict, upto: int) -> ExportStats:
@@ -33,6 +34,28 @@ def _stats(filters: dict, upto: int) -> ExportStats:
             batch = []
     stats.add_rows(batch)
     return stats
+
+
+def _approval_note(event) -> str:
+    """The decision, the count of approvals or the reason a vote or request carries."""
+    try:
+        details = json.loads(event.details or "{}")
+    except ValueError:
+        return ""
+    if not isinstance(details, dict):
+        return ""
+    parts = []
+    if details.get("decision"):
+        parts.append(str(details["decision"]))
+    if "approvals" in details and "required_approvals" in details:
+        parts.append(f"{details['approvals']} of {details['required_approvals']} approvals")
+    if isinstance(details.get("approvers"), list):
+        parts.append("approved by " + ", ".join(str(a) for a in details["approvers"]))
+    if details.get("denied_by"):
+        parts.append(f"denied by {details['denied_by']}")
+    if details.get("reason"):
+        parts.append(str(details["reason"]))
+    return "; ".join(parts)
 
 
 def _label(choices, value: str) -> str:
@@ -59,8 +82,10 @@ def write_pdf_file(export: AuditExport, *, log: Callable[[str], None]) -> Export
         ]
         limit = conf.pdf_event_rows()
         listed = list(events[:limit])
-        # Approval requests and their votes, as the trail recorded them ("approval.*").
-        approvals = list(events.filter(action__startswith="approval.")[:limit])
+        # Requests that need approval, their votes and how they ended, as recorded.
+        approvals = list(events.filter(action__in=sorted(APPROVAL_ACTIONS))[:limit])
+        for event in approvals:
+            event.note = _approval_note(event)
     log(f"{stats.count:,} events counted; rendering the PDF")
     key = signing_key_load()
     status = AuditChainStatus.objects.filter(pk=1).first()
@@ -78,7 +103,7 @@ def write_pdf_file(export: AuditExport, *, log: Callable[[str], None]) -> Export
             "approvals": approvals,
             "status": status,
             "key": key,
-            "node": settings.PAM_NODE_ADDRESS,
+            "node": node_address(),
         },
     )
     path = conf.export_dir() / export.file_name

@@ -102,21 +102,30 @@ def _connect(collector: SiemCollector) -> ssl.SSLSocket:
 
 
 def _close_gracefully(connection: ssl.SSLSocket) -> None:
-    """Half-close, then read until the collector closes too. Closing with unread data
-    (TLS 1.3 session tickets) would make the kernel send a reset, and a reset makes the
-    collector's kernel drop what it had received but not yet read."""
+    """Send TLS close_notify (RFC 5425 §4.4; without it the collector logs a truncation
+    error), then half-close and read until the collector closes too. Closing with unread
+    data (TLS 1.3 session tickets) would make the kernel send a reset, and a reset makes
+    the collector's kernel drop what it had received but not yet read."""
+    sock: socket.socket = connection
     try:
-        connection.shutdown(socket.SHUT_WR)
+        # unwrap() sends close_notify and waits (bounded by the timeout) for the
+        # collector's; many collectors just close the TCP connection instead.
+        sock = connection.unwrap()
+    except (OSError, ssl.SSLError, ValueError):
+        pass
+    try:
+        sock.shutdown(socket.SHUT_WR)
         for _ in range(64):  # bounded; each read also bounded by the socket timeout
-            if not connection.recv(65536):
+            if not sock.recv(65536):
                 break
-    except (OSError, ssl.SSLError):
+    except (OSError, ssl.SSLError, ValueError):
         pass
     finally:
-        try:
-            connection.close()
-        except OSError:
-            pass
+        for each in {id(sock): sock, id(connection): connection}.values():
+            try:
+                each.close()
+            except OSError:
+                pass
 
 
 def _take_lease(owner: str) -> SiemCollector | None:

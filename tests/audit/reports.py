@@ -38,6 +38,38 @@ def make_trail(count: int, *, actor: str = "alice") -> None:
                 )
 
 
+# Every line break a reader may split on, each followed by what a spreadsheet would run.
+LINE_BREAK_TARGETS = [
+    "lone cr\r=9+9",
+    "crlf\r\n=1+1",
+    "lf\n+2",
+    "ends with cr\r",
+    "\r@leading cr",
+    "u2028\u2028-3",
+    "nel\x85=4",
+    "u2029\u2029@x",
+    "cr cr\r\r=5",
+    "quote \"and\r\n'apostrophe",
+    "comma,\r\n=HYPERLINK(\"http://evil\",\"x\")",
+    "ünïcödé ✓ Ærøskøbing 日本",
+]
+FAILED_LOGIN_USERNAME = "x\r=9+9"
+
+
+def make_line_break_trail(client=None) -> None:
+    """A failed login (no session needed) whose username holds a CR, when ``client`` is
+    given, then one event per value of LINE_BREAK_TARGETS."""
+    if client is not None:
+        from django.urls import reverse
+
+        client.post(reverse("accounts:login"), {"username": FAILED_LOGIN_USERNAME, "password": "wrong password"})
+    with acting(actor_id=None, actor_name="mallory\r=2+2", source_ip="192.0.2.9", request_id="req-br"):
+        for target in LINE_BREAK_TARGETS:
+            with transaction.atomic():
+                audit_record(action=AuditAction.LOGIN_FAILED, outcome=Outcome.DENIED, target=target,
+                             details={"username": target})
+
+
 def export_to(tmp: Path, *, fmt: str = "csv", filters: dict | None = None, user=None) -> tuple[Path, Path, dict]:
     """Export, run it at once, and return (file, manifest file, manifest)."""
     import json

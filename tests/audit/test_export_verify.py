@@ -76,7 +76,8 @@ def test_intact_export_verifies_offline(trail, tmp_path, fmt):
 
 def test_csv_formula_cells_are_escaped_and_still_verify(trail, tmp_path):
     export, manifest_path, _ = export_to(tmp_path, fmt="csv")
-    with export.open(newline="", encoding="utf-8") as handle:
+    assert export.read_bytes().startswith(b"\xef\xbb\xbfposition,time,")  # UTF-8 BOM, for spreadsheets
+    with export.open(newline="", encoding="utf-8-sig") as handle:
         rows = list(csv.reader(handle))
     assert rows[0] == list(offline.COLUMNS)
     targets = [row[7] for row in rows[1:]]
@@ -224,3 +225,61 @@ def test_export_is_an_audit_event(trail, tmp_path):
     event = AuditEvent.objects.filter(action=AuditAction.AUDIT_EXPORTED).get()
     details = json.loads(event.details)
     assert details["format"] == "csv" and details["filters"] == {"actor": "ali"} and details["events"] == EVENTS
+
+
+# --- line breaks inside cells (CR, CRLF, lone CR, LF, U+2028, NEL...) -------------------
+def test_csv_escape_round_trips_and_quotes_every_line_break():
+    import itertools
+
+    alphabet = ["a", "\r", "\n", "'", "=", "-", "\u2028", "\x85", "\t", ",", '"']
+    for length in range(5):
+        for chars in itertools.product(alphabet, repeat=length):
+            value = "".join(chars)
+            escaped = offline.csv_escape(value)
+            assert offline.csv_unescape(escaped) == value, (value, escaped)
+            line = offline.csv_line([value, "next"])
+            assert list(csv.reader(StringIO(line, newline=""), strict=True)) == [[escaped, "next"]], (value, line)
+            for text_line in line.splitlines():  # what a reader that splits on any break sees
+                assert text_line[:1] not in set("=+-@"), (value, line)
+
+
+def test_line_breaks_in_cells_are_quoted_and_still_verify(admin_user, client, tmp_path):
+    from .reports import FAILED_LOGIN_USERNAME, make_line_break_trail
+
+    make_line_break_trail(client)
+    login = AuditEvent.objects.get(action=AuditAction.LOGIN_FAILED, target__startswith="user:")
+    assert "\r" in login.actor_name and login.actor_name == FAILED_LOGIN_USERNAME  # stored as typed, no login needed
+    export, manifest_path, manifest = export_to(tmp_path, fmt="csv")
+    stored = {e.position: e for e in AuditEvent.objects.filter(position__lte=manifest["upto_position"])}
+    assert manifest["count"] == len(stored) and manifest["export"]["csv_escape"] == "line-starts"
+    # Both verifiers accept it.
+    tool = run_tool(export, manifest_path)
+    assert tool.returncode == 0, tool.stdout + tool.stderr
+    assert "VERIFIED" in run_command(export, manifest_path)
+    # csv reads exactly one row per event, as the manifest counts, whatever the newline mode.
+    for newline in ("", None):
+        with export.open(newline=newline, encoding="utf-8-sig") as handle:
+            rows = list(csv.reader(handle, strict=True))
+        assert rows[0] == list(offline.COLUMNS) and len(rows) - 1 == manifest["count"], newline
+    with export.open(newline="", encoding="utf-8-sig") as handle:
+        rows = list(csv.reader(handle, strict=True))[1:]
+    for row in rows:
+        event = stored[int(row[0])]
+        assert [offline.csv_unescape(c) for c in row[3:5] + row[7:8]] == [event.actor_name, event.source_ip, event.target]
+    # No line of the file, split at any line break, starts with something a spreadsheet runs.
+    text = export.read_bytes().decode("utf-8")
+    for number, line in enumerate(text.splitlines(), 1):
+        assert line[:1] not in set("=+-@"), (number, line)
+    # Every cell that holds a CR, LF or another break is quoted (a bare CR ends a row for many readers).
+    raw = export.read_bytes()
+    assert b"x\r'=9+9" in raw and b'"x\r\'=9+9"' in raw
+    assert '"u2028\u2028\'-3"'.encode() in raw and '"nel\x85\'=4"'.encode() in raw
+
+
+def test_jsonl_with_line_breaks_verifies(admin_user, client, tmp_path):
+    from .reports import make_line_break_trail
+
+    make_line_break_trail(client)
+    export, manifest_path, manifest = export_to(tmp_path, fmt="jsonl")
+    assert len(export.read_bytes().split(b"\n")) - 1 == manifest["count"]
+    assert run_tool(export, manifest_path).returncode == 0
