@@ -15,12 +15,11 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.debug import sensitive_post_parameters, sensitive_variables
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
+from pamportal.accounts import services as account_services
 from pamportal.accounts.decorators import require_capability
+from pamportal.accounts.qr import qr_svg
 from pamportal.accounts.roles import has_capability
 from pamportal.nodes.selectors import node_current
-
-from pamportal.accounts import services as account_services
-from pamportal.accounts.qr import qr_svg
 
 from . import partners, services
 from .forms import AdministratorForm, MekForm, NodeForm, SetupCodeForm, TokenForm

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+import celery
 import django
 import pytest
 from django.conf import settings
 from django.core.management import call_command
 from django.urls import reverse
 
-import celery
 from pamportal.accounts.roles import Role
 from pamportal.jobs.choices import Status
 from pamportal.jobs.models import Job

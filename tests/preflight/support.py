@@ -4,7 +4,6 @@ clock skew, a UDP socket that never answers, held and free ports, certificates."
 from __future__ import annotations
 
 import socket
-import struct
 import threading
 import time
 from contextlib import contextmanager

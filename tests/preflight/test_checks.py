@@ -20,7 +20,6 @@ from tests.preflight.support import (
     SntpResponder,
     context,
     expired_certificate,
-    free_port,
     held_port,
     silent_udp,
     write_certificate,
