@@ -158,6 +158,9 @@ def stop_all(nodes) -> None:
             pass
 
 
+JOB_ENDED = ("succeeded", "failed", "cancelled")
+
+
 # --- 1. the leader's worker killed in the middle of the join ------------------------------------
 def test_leader_worker_killed_during_join(tmp_path):
     timings: dict[str, float] = {}
@@ -199,8 +202,10 @@ def test_leader_worker_killed_during_join(tmp_path):
             serve(follower, FOLLOWER_KILL)
 
             def settled():
+                # The request's state is written by the last step; the job's status
+                # after it, in its own transaction: the join has ended when both have.
                 r = leader_request(leader, request_pk)
-                return r if r["state"] in ("joined", "failed") else None
+                return r if r["state"] in ("joined", "failed") and r["job_status"] in JOB_ENDED else None
 
             # The reaper re-queues "promote" once the lease expires; should the attempt
             # fail, housekeeping (every 60 s) undoes the join: allow for both.
@@ -284,7 +289,7 @@ result = etcd_available()
             learner = wait_for(learner_added, timeout=30, interval=0.5, what="the learner to be added")
             assert learner[0].get("isLearner") and not learner[0].get("clientURLs"), learner
 
-            outcome = wait_for(lambda: (lambda r: r if r["state"] == "failed" else None)(
+            outcome = wait_for(lambda: (lambda r: r if r["state"] == "failed" and r["job_status"] in JOB_ENDED else None)(
                 leader_request(leader, request_pk)), timeout=90, interval=1, what="the join request to fail")
             failed_after = time.monotonic() - approved
             assert "did not start within 15 s" in outcome["failure_reason"], outcome
