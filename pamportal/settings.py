@@ -15,19 +15,20 @@ from pathlib import Path
 
 import dj_database_url
 
+from pamportal.core import config
+from pamportal.core.files import write_private
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 PAM_ENV = os.environ.get("PAM_ENV", "development")
 PRODUCTION = PAM_ENV == "production"
 
 
 def _env_int(name: str, default: int) -> int:
-    value = os.environ.get(name)
-    return int(value) if value not in (None, "") else default
+    return config.env(name, default, int)
 
 
 def _env_float(name: str, default: float) -> float:
-    value = os.environ.get(name)
-    return float(value) if value not in (None, "") else default
+    return config.env(name, default, float)
 
 
 PAM_DATA_DIR = Path(os.environ.get("PAM_DATA_DIR", BASE_DIR / "var")).resolve()
@@ -48,9 +49,10 @@ for _dir in (PAM_DATA_DIR, PAM_LOG_DIR):
 def _secret_file(path: Path, nbytes: int = 50) -> str:
     """Read a secret from a 0600 file in the data dir, creating it on first use."""
     if not path.exists():
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(secrets.token_urlsafe(nbytes))
+        try:
+            write_private(path, secrets.token_urlsafe(nbytes).encode(), exclusive=True)
+        except FileExistsError:  # another process made it first: use theirs
+            pass
     return path.read_text().strip()
 
 

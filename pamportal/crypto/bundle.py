@@ -38,103 +38,66 @@ the MEK: ``join_proof`` (the follower proves it holds the MEK with a MAC over it
 canonical request) and ``token_hash`` (what the leader stores instead of the token).
 """
 
+
 from __future__ import annotations
 
 import base64
-import binascii
 import hashlib
 import hmac
-import ipaddress
 import json
 import os
-import re
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
-from typing import Any, Iterable
+from datetime import datetime
+from typing import Any
 
-from cryptography import x509
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from pamportal.core.addresses import address_normalize as normalize_address
+from pamportal.core.addresses import address_problem  # noqa: F401 - the one node-address rule, for callers
 from pamportal.crypto import mek as mek_module
 from pamportal.crypto import strictjson
+from pamportal.crypto.bundle_fields import (  # noqa: F401 - the format's names, re-exported
+    BODY_FIELDS,
+    BODY_KEY_INFO,
+    CLOCK_SKEW,
+    DEFAULT_PORTS,
+    FORMAT,
+    HEADER_FIELDS,
+    JOIN_PROOF_PURPOSE,
+    KDF_FIELDS,
+    KDF_NAME,
+    MAX_BYTES,
+    MAX_CA_PEM,
+    MAX_DEPTH,
+    MEK_CHECK_BYTES,
+    MEK_CHECK_INPUT,
+    MEK_CHECK_PURPOSE,
+    NONCE_BYTES,
+    PORT_FIELDS,
+    SALT_DEFAULT,
+    SALT_MAX,
+    SALT_MIN,
+    TAG_BYTES,
+    TIME_FORMAT,
+    TOKEN_BYTES,
+    TOP_FIELDS,
+    VERSION,
+    BundleError,
+    LeaderPorts,
+    _b64url,
+    _bad,
+    _exact_fields,
+    _parse_body,
+    _parse_header,
+    format_time,
+    format_when,
+)
 from pamportal.crypto.licence import FORMAT as LICENCE_FORMAT
 from pamportal.crypto.licence import b64url_encode
-
-FORMAT = "pamportal-joining-bundle"
-VERSION = 1
-# A real bundle is about 2 KiB (most of it the CA certificate); the limit keeps every
-# later step (depth scan, JSON, base64, AES) cheap.
-MAX_BYTES = 64 * 1024
-# A bundle nests 3 deep (file > header > kdf; body > leader_ports is 2). A little room
-# is left so that an unexpected nested field is reported by name, not as "too deep".
-MAX_DEPTH = 5
-KDF_NAME = "HKDF-SHA256"
-BODY_KEY_INFO = b"pamportal joining bundle v1"
-MEK_CHECK_PURPOSE = "bundle-mek-check"
-MEK_CHECK_INPUT = b"pamportal joining bundle mek check v1"
-JOIN_PROOF_PURPOSE = "join-request-proof"
-SALT_MIN, SALT_MAX, SALT_DEFAULT = 16, 32, 32
-NONCE_BYTES = 12
-TAG_BYTES = 16
-MEK_CHECK_BYTES = 32
-TOKEN_BYTES = 32
-MAX_CA_PEM = 16 * 1024
-# Clocks within a cluster may disagree a little; a bundle "made in the future" by more
-# than this is refused (the clocks need fixing before a join can work anyway).
-CLOCK_SKEW = timedelta(minutes=2)
-
-TOP_FIELDS = ("format", "version", "header", "nonce", "ciphertext")
-HEADER_FIELDS = ("cluster_id", "bundle_id", "created", "expires", "kdf", "mek_check")
-KDF_FIELDS = ("name", "salt")
-BODY_FIELDS = (
-    "leader_address", "leader_ports", "ca_cert_pem", "join_token", "follower_address", "leader_version",
-)
-PORT_FIELDS = ("setup_api", "etcd_client", "etcd_peer", "https", "delegation")
-DEFAULT_PORTS = {"setup_api": 2390, "etcd_client": 2379, "etcd_peer": 2380, "https": 443, "delegation": 2391}
-
-TIME_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
-_TIME_RE = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z")
-_B64URL_RE = re.compile(r"[A-Za-z0-9_-]*")
-_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
-_VERSION_RE = re.compile(r"(0|[1-9][0-9]{0,5})\.(0|[1-9][0-9]{0,5})\.(0|[1-9][0-9]{0,5})")
-_LABEL_RE = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?", re.IGNORECASE)
-_UTF8_BOM = b"\xef\xbb\xbf"
-_UTF16_32_BOMS = (b"\xff\xfe", b"\xfe\xff", b"\x00\x00\xfe\xff")
-_PEM_CERT_BEGIN = "-----BEGIN CERTIFICATE-----"
-
-
-class BundleError(Exception):
-    """A joining bundle refused. ``code`` is stable, ``message`` is for the operator and
-    ``field`` names the field at fault (a dotted path such as ``header.kdf.salt`` or
-    ``body.join_token``) where there is one. ``bundle_id`` is the id the header claims,
-    once the header has been read (for the audit event; it is not verified unless the
-    code comes after the tag check: ``bad_body``, ``bad_ca``, ``expired``,
-    ``not_yet_valid``, ``wrong_address``)."""
-
-    def __init__(self, code: str, message: str, field: str | None = None, *, bundle_id: str | None = None):
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.field = field
-        self.bundle_id = bundle_id
-
-    def __repr__(self) -> str:
-        return f"BundleError({self.code!r}, {self.message!r}, field={self.field!r})"
-
-
-@dataclass(frozen=True)
-class LeaderPorts:
-    setup_api: int
-    etcd_client: int
-    etcd_peer: int
-    https: int
-    delegation: int
-
-    def as_dict(self) -> dict[str, int]:
-        return {name: getattr(self, name) for name in PORT_FIELDS}
+from pamportal.crypto.secrets import secret_digest
 
 
 @dataclass(frozen=True)
@@ -166,15 +129,6 @@ class OpenedBundle:
 # --- Small helpers ------------------------------------------------------------------------
 
 
-def format_time(moment: datetime) -> str:
-    return moment.astimezone(timezone.utc).strftime(TIME_FORMAT)
-
-
-def format_when(moment: datetime) -> str:
-    """A moment as an operator reads it in a message."""
-    return moment.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
-
-
 def canonical_json(value: Any) -> bytes:
     """The one byte encoding of a JSON value that both ends compute: sorted keys, no
     spaces, ASCII only. Used for the AAD, the body and join requests."""
@@ -188,48 +142,7 @@ def new_join_token() -> str:
 
 def token_hash(token: str) -> str:
     """What the leader stores instead of a join token: SHA-256, hex."""
-    if not isinstance(token, str):
-        raise TypeError("a join token is text")
-    return hashlib.sha256(token.encode("utf-8")).hexdigest()
-
-
-def normalize_address(address: str) -> str:
-    """A node address in its one spelling: an IP as ``ipaddress`` writes it (no
-    brackets), a name in lower case without a trailing dot."""
-    text = address.strip()
-    bare = text[1:-1] if text.startswith("[") and text.endswith("]") else text
-    try:
-        return str(ipaddress.ip_address(bare))
-    except ValueError:
-        return text.lower().rstrip(".")
-
-
-def address_problem(address: str) -> str | None:
-    """Why ``address`` is not a node address (an FQDN or an IP), or None."""
-    if not address:
-        return "is empty"
-    try:
-        ip = ipaddress.ip_address(address)
-    except ValueError:
-        ip = None
-    if ip is not None:
-        if ip.is_unspecified:
-            return "is the wildcard address"
-        if ip.is_multicast:
-            return "is a multicast address"
-        return None
-    if len(address) > 253:
-        return "is longer than 253 characters"
-    labels = address.split(".")
-    if all(label.isdigit() for label in labels):
-        return "looks like an IPv4 address but is not one"
-    if any(not _LABEL_RE.fullmatch(label) for label in labels):
-        return "is not a valid host name (letters, digits and inner hyphens, dot-separated)"
-    if len(labels) < 2:
-        return "is not fully qualified (it needs a domain, like node1.example.com)"
-    if labels[-1].isdigit():
-        return "is not a valid host name (the last part cannot be all digits)"
-    return None
+    return secret_digest(token)
 
 
 def _check_mek(mek: bytes) -> bytes:
@@ -253,239 +166,35 @@ def _aad(format_: Any, version: Any, header: Any) -> bytes:
 # --- Strict JSON ---------------------------------------------------------------------------
 
 
-_BAD_TEXT = {
+_JSON_MESSAGES = {
+    strictjson.BOM: "The file starts with a byte-order mark; a joining bundle is plain UTF-8 JSON without one. "
+                    "Upload the file exactly as the leader produced it.",
+    strictjson.NOT_UTF8: "The file is not UTF-8 text; a joining bundle is a UTF-8 JSON document.",
+    strictjson.TOO_DEEP: f"The file nests JSON more than {MAX_DEPTH} levels deep; a joining bundle nests at most 3.",
+    strictjson.DUPLICATE_KEY: 'The file names the field "{key}" more than once.',
     strictjson.LONE_SURROGATE: "The file holds text that is not valid Unicode in {where}: a \\uD800-\\uDFFF escape "
                                "without its pair (a lone surrogate). A joining bundle never does.",
     strictjson.NUL_CHARACTER: "The file holds a NUL character (\\u0000) in {where}. A joining bundle never does.",
+    strictjson.NUMBER_TOO_LARGE: "The file holds a number far larger than any in a joining bundle ({detail}).",
+    strictjson.NOT_JSON: "The file is not valid JSON{at}.",
+}
+# The decrypted body: what is refused for its own reason; anything else is "bad_body".
+_BODY_MESSAGES = {
+    strictjson.TOO_DEEP: f"The bundle's contents nest JSON more than {MAX_DEPTH} levels deep; "
+                         "a joining bundle nests at most 3.",
+    strictjson.LONE_SURROGATE: _JSON_MESSAGES[strictjson.LONE_SURROGATE],
+    strictjson.NUL_CHARACTER: _JSON_MESSAGES[strictjson.NUL_CHARACTER],
+    strictjson.NUMBER_TOO_LARGE: "The bundle's contents hold a number far larger than any in a joining bundle ({detail}).",
 }
 
 
 def _load_json(data: bytes) -> Any:
-    """Strict UTF-8 JSON: no BOM, bounded depth, no duplicate keys, no NaN/Infinity, no
-    huge numbers, no lone surrogate or NUL in any text."""
-    if data.startswith(_UTF8_BOM):
-        raise BundleError(
-            "bom",
-            "The file starts with a byte-order mark; a joining bundle is plain UTF-8 JSON without one. "
-            "Upload the file exactly as the leader produced it.",
-        )
-    not_utf8 = BundleError("not_utf8", "The file is not UTF-8 text; a joining bundle is a UTF-8 JSON document.")
-    if data.startswith(_UTF16_32_BOMS) or b"\x00" in data:
-        raise not_utf8  # UTF-16/32 or binary: NUL never appears in a bundle
+    """Strict UTF-8 JSON (``strictjson.load``), each refusal with the bundle's message."""
     try:
-        text = data.decode("utf-8", errors="strict")
-    except UnicodeDecodeError:
-        raise not_utf8 from None
-    if strictjson.too_deep(text, MAX_DEPTH):
-        raise BundleError(
-            "too_deep", f"The file nests JSON more than {MAX_DEPTH} levels deep; a joining bundle nests at most 3."
-        )
-    try:
-        return strictjson.loads(text)
-    except strictjson.DuplicateKey as duplicate:
-        name = duplicate.key[:64]
-        raise BundleError("duplicate_key", f'The file names the field "{name}" more than once.', name) from None
-    except strictjson.BadText as bad:
-        raise BundleError(bad.problem, _BAD_TEXT[bad.problem].format(where=bad.where)) from None
-    except strictjson.NumberTooLarge as large:
-        raise BundleError(
-            "number_too_large", f"The file holds a number far larger than any in a joining bundle ({large})."
-        ) from None
-    except json.JSONDecodeError as error:
-        raise BundleError(
-            "not_json", f"The file is not valid JSON (line {error.lineno}, column {error.colno}: {error.msg})."
-        ) from None
-    except (ValueError, RecursionError):  # NaN, integers too long to convert
-        raise BundleError("not_json", "The file is not valid JSON.") from None
-
-
-# --- Field checks --------------------------------------------------------------------------
-
-
-def _path(prefix: str, name: str) -> str:
-    return f"{prefix}.{name}" if prefix else name
-
-
-def _exact_fields(obj: dict[str, Any], expected: Iterable[str], prefix: str) -> None:
-    expected = tuple(expected)
-    for name in expected:
-        if name not in obj:
-            path = _path(prefix, name)
-            raise BundleError("missing_field", f'The bundle has no "{path}" field.', path)
-    extra = sorted(set(obj) - set(expected))
-    if extra:
-        path = _path(prefix, extra[0][:64])
-        raise BundleError("extra_field", f'The bundle has an unexpected field "{path}".', path)
-
-
-def _bad(path: str, rule: str) -> BundleError:
-    return BundleError("bad_field", f'The "{path}" field {rule}.', path)
-
-
-def _object(value: Any, path: str) -> dict[str, Any]:
-    if not isinstance(value, dict):
-        raise _bad(path, "must be a JSON object")
-    return value
-
-
-def _text(value: Any, path: str) -> str:
-    if not isinstance(value, str):
-        raise _bad(path, "must be text")
-    return value
-
-
-def _identifier(value: Any, path: str) -> str:
-    if not isinstance(value, str) or not _ID_RE.fullmatch(value):
-        raise _bad(path, "must be 1 to 64 letters, digits, dots, colons, dashes or underscores")
-    return value
-
-
-def _time(value: Any, path: str) -> datetime:
-    rule = "must be a UTC time written like 2026-01-31T00:00:00Z"
-    if not isinstance(value, str) or not _TIME_RE.fullmatch(value):
-        raise _bad(path, rule)
-    try:
-        return datetime.strptime(value, TIME_FORMAT).replace(tzinfo=timezone.utc)
-    except ValueError:
-        raise _bad(path, rule) from None
-
-
-def _b64url(value: Any, path: str) -> bytes:
-    """Unpadded base64url in its one canonical spelling, or a refusal."""
-    if not isinstance(value, str):
-        raise _bad(path, "must be text (base64url)")
-    error = BundleError("bad_encoding", f'The "{path}" field is not valid base64url.', path)
-    if not _B64URL_RE.fullmatch(value) or len(value) % 4 == 1:
-        raise error
-    try:
-        raw = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
-    except (binascii.Error, ValueError):
-        raise error from None
-    if b64url_encode(raw) != value:  # stray bits in the last character
-        raise error
-    return raw
-
-
-def _address(value: Any, path: str) -> str:
-    if not isinstance(value, str):
-        raise _bad(path, "must be text (an FQDN or an IP address)")
-    problem = address_problem(value)
-    if problem:
-        raise _bad(path, f"must be an FQDN or an IP address: “{value[:80]}” {problem}")
-    if normalize_address(value) != value:
-        raise _bad(path, f"must be written as {normalize_address(value)[:80]}")
-    return value
-
-
-def _ports(value: Any, path: str) -> LeaderPorts:
-    ports = _object(value, path)
-    _exact_fields(ports, PORT_FIELDS, path)
-    for name in PORT_FIELDS:
-        port = ports[name]
-        if type(port) is not int or not (1 <= port <= 65535):
-            raise _bad(_path(path, name), "must be a port number from 1 to 65535")
-    if len({ports[name] for name in PORT_FIELDS}) != len(PORT_FIELDS):
-        raise _bad(path, "must give a different port to each service")
-    return LeaderPorts(**{name: ports[name] for name in PORT_FIELDS})
-
-
-def _bad_ca(rule: str) -> BundleError:
-    return BundleError("bad_ca", f"The cluster CA certificate in the bundle {rule}.", "body.ca_cert_pem")
-
-
-def _ca_certificate(value: Any, now: datetime | None) -> tuple[str, str]:
-    """The CA PEM and its SHA-256, once it is one self-signed CA certificate."""
-    if not isinstance(value, str):
-        raise _bad_ca("must be PEM text")
-    if not value.strip():
-        raise _bad_ca("is empty")
-    if len(value) > MAX_CA_PEM:
-        raise _bad_ca(f"is too long (more than {MAX_CA_PEM // 1024} KiB)")
-    if "PRIVATE KEY" in value:
-        raise _bad_ca("comes with a private key, which must never leave the leader; the bundle is refused")
-    if value.count(_PEM_CERT_BEGIN) != 1:
-        if _PEM_CERT_BEGIN not in value:
-            raise _bad_ca("is not a PEM certificate")
-        raise _bad_ca("must be exactly one certificate")
-    try:
-        certificate = x509.load_pem_x509_certificate(value.encode("ascii"))
-    except Exception:  # noqa: BLE001 - any parse failure (ASCII, PEM, DER) means "not a certificate"
-        raise _bad_ca("is not a PEM certificate") from None
-    try:
-        constraints = certificate.extensions.get_extension_for_class(x509.BasicConstraints).value
-        is_ca = constraints.ca
-    except x509.ExtensionNotFound:
-        is_ca = False
-    except Exception:  # noqa: BLE001 - malformed extensions
-        raise _bad_ca("is not a PEM certificate") from None
-    if not is_ca:
-        raise _bad_ca("is not a CA certificate (its basic constraints do not say CA)")
-    try:
-        certificate.verify_directly_issued_by(certificate)
-    except Exception:  # noqa: BLE001 - InvalidSignature, ValueError, TypeError
-        raise _bad_ca("is not self-signed, so it is not a cluster CA") from None
-    if now is not None:
-        if now < certificate.not_valid_before_utc - CLOCK_SKEW:
-            raise _bad_ca(f"is not valid until {format_when(certificate.not_valid_before_utc)}")
-        if now >= certificate.not_valid_after_utc:
-            raise _bad_ca(f"expired at {format_when(certificate.not_valid_after_utc)}")
-    return value, certificate.fingerprint(hashes.SHA256()).hex()
-
-
-@dataclass(frozen=True)
-class _Header:
-    cluster_id: str
-    bundle_id: str
-    created: datetime
-    expires: datetime
-    salt: bytes
-    mek_check: bytes
-
-
-def _parse_header(value: Any) -> _Header:
-    header = _object(value, "header")
-    _exact_fields(header, HEADER_FIELDS, "header")
-    cluster_id = _identifier(header["cluster_id"], "header.cluster_id")
-    bundle_id = _identifier(header["bundle_id"], "header.bundle_id")
-    created = _time(header["created"], "header.created")
-    expires = _time(header["expires"], "header.expires")
-    if expires <= created:
-        raise _bad("header.expires", "must be later than header.created")
-    kdf = _object(header["kdf"], "header.kdf")
-    _exact_fields(kdf, KDF_FIELDS, "header.kdf")
-    name = _text(kdf["name"], "header.kdf.name")
-    if name != KDF_NAME:
-        raise _bad("header.kdf.name", f'must be "{KDF_NAME}"')
-    salt = _b64url(kdf["salt"], "header.kdf.salt")
-    if not (SALT_MIN <= len(salt) <= SALT_MAX):
-        raise _bad("header.kdf.salt", f"must be {SALT_MIN} to {SALT_MAX} bytes (it is {len(salt)})")
-    mek_check = _b64url(header["mek_check"], "header.mek_check")
-    if len(mek_check) != MEK_CHECK_BYTES:
-        raise _bad("header.mek_check", f"must be {MEK_CHECK_BYTES} bytes (it is {len(mek_check)})")
-    return _Header(cluster_id, bundle_id, created, expires, salt, mek_check)
-
-
-def _parse_body(body: dict[str, Any], now: datetime | None) -> dict[str, Any]:
-    _exact_fields(body, BODY_FIELDS, "body")
-    leader_address = _address(body["leader_address"], "body.leader_address")
-    leader_ports = _ports(body["leader_ports"], "body.leader_ports")
-    ca_cert_pem, ca_sha256 = _ca_certificate(body["ca_cert_pem"], now)
-    token = _b64url(body["join_token"], "body.join_token")
-    if len(token) != TOKEN_BYTES:
-        raise _bad("body.join_token", f"must be {TOKEN_BYTES} bytes (it is {len(token)})")
-    follower_address = _address(body["follower_address"], "body.follower_address")
-    leader_version = body["leader_version"]
-    if not isinstance(leader_version, str) or not _VERSION_RE.fullmatch(leader_version):
-        raise _bad("body.leader_version", "must be a version written major.feature.patch, like 3.1.4")
-    return {
-        "leader_address": leader_address,
-        "leader_ports": leader_ports,
-        "ca_cert_pem": ca_cert_pem,
-        "ca_sha256": ca_sha256,
-        "join_token": body["join_token"],
-        "follower_address": follower_address,
-        "leader_version": leader_version,
-    }
+        return strictjson.load(data, max_depth=MAX_DEPTH)
+    except strictjson.Refused as refused:
+        message = _JSON_MESSAGES[refused.code].format(**refused.fields())
+        raise BundleError(refused.code, message, refused.key or None) from None
 
 
 # --- Reading -------------------------------------------------------------------------------
@@ -556,18 +265,12 @@ def bundle_open(data: bytes, *, mek: bytes, now: datetime, own_address: str | No
             "bad_body", "The bundle opened with this MEK, but what it holds is not a joining bundle's contents.", "body"
         )
         try:
-            body_text = plaintext.decode("utf-8")
-            if strictjson.too_deep(body_text, MAX_DEPTH):
-                raise BundleError("too_deep", f"The bundle's contents nest JSON more than {MAX_DEPTH} levels deep; "
-                                  "a joining bundle nests at most 3.", "body")
-            body = strictjson.loads(body_text)
-        except strictjson.BadText as bad:
-            raise BundleError(bad.problem, _BAD_TEXT[bad.problem].format(where=bad.where), "body") from None
-        except strictjson.NumberTooLarge as large:
-            raise BundleError("number_too_large", "The bundle's contents hold a number far larger than any in a "
-                              f"joining bundle ({large}).", "body") from None
-        except (ValueError, RecursionError):  # JSON, UTF-8, duplicates, NaN
-            raise bad_body from None
+            body = strictjson.load(plaintext, max_depth=MAX_DEPTH)
+        except strictjson.Refused as refused:
+            if refused.code not in _BODY_MESSAGES:  # not JSON, not UTF-8, duplicates, NaN
+                raise bad_body from None
+            message = _BODY_MESSAGES[refused.code].format(**refused.fields())
+            raise BundleError(refused.code, message, "body") from None
         if not isinstance(body, dict):
             raise bad_body
         fields = _parse_body(body, now)

@@ -1,4 +1,5 @@
-"""The cluster CA and the certificates it issues to nodes (ECDSA P-256, X.509).
+"""The cluster CA and the certificates it issues to nodes (ECDSA P-256, X.509), and
+the node's self-signed TLS certificate from before a cluster CA exists.
 
 Pure functions over PEM bytes: no Django, no files. The caller seals private keys
 before they are stored anywhere.
@@ -7,6 +8,7 @@ before they are stored anywhere.
 from __future__ import annotations
 
 import ipaddress
+import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
@@ -50,6 +52,11 @@ def _now(now: datetime | None) -> datetime:
 
 def _key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
     return key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+
+
+def cluster_id_of(ca_sha256: str) -> str:
+    """The cluster's id: the cluster is its CA, so the id is derived from the CA's hash."""
+    return str(uuid.UUID(hex=ca_sha256[:32]))
 
 
 def _general_name(name: str) -> x509.GeneralName:
@@ -106,6 +113,21 @@ def make_csr(*, names: list[str]) -> tuple[bytes, bytes]:
         .sign(key, hashes.SHA256())
     )
     return csr.public_bytes(serialization.Encoding.PEM), _key_pem(key)
+
+
+def csr_problem(csr_pem: str) -> str | None:
+    """Why a follower's CSR (PEM text) cannot be signed, or None: it must parse, its
+    signature verify, and its key be ECDSA P-256."""
+    try:
+        csr = x509.load_pem_x509_csr(csr_pem.encode("ascii"))
+    except (ValueError, UnicodeEncodeError):
+        return "it is not a PEM certificate signing request"
+    if not csr.is_signature_valid:
+        return "its signature does not verify"
+    key = csr.public_key()
+    if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != "secp256r1":
+        return "node keys are ECDSA P-256"
+    return None
 
 
 def sign_csr(
@@ -206,3 +228,57 @@ def key_matches(cert_pem: bytes, key_pem: bytes) -> bool:
     return cert.public_key().public_bytes(serialization.Encoding.DER, spki) == key.public_key().public_bytes(
         serialization.Encoding.DER, spki
     )
+
+
+# --- the node's certificate before a cluster CA exists ----------------------------------
+def _san_entry(name: str) -> x509.GeneralName:
+    try:
+        return x509.IPAddress(ipaddress.ip_address(name.strip("[]")))
+    except ValueError:
+        return x509.DNSName(name)
+
+
+def self_signed_certificate(
+    names: list[str], *, days: int = 397, now: datetime | None = None
+) -> tuple[bytes, bytes]:
+    """Return (certificate PEM, private key PEM) for the given host names/addresses:
+    the node's TLS certificate before a cluster CA exists, self-signed ECDSA P-256.
+
+    397 days is the longest validity browsers accept for a server certificate.
+    """
+    if not names:
+        raise ValueError("a certificate needs at least one name")
+    now = _now(now)
+    key = ec.generate_private_key(ec.SECP256R1())
+    subject = x509.Name([
+        x509.NameAttribute(NameOID.ORGANIZATION_NAME, "pamportal node"),
+        x509.NameAttribute(NameOID.COMMON_NAME, names[0][:64]),
+    ])
+    unique = list(dict.fromkeys(names))
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject)
+        .issuer_name(subject)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - _BACKDATE)
+        .not_valid_after(now + timedelta(days=days))
+        .add_extension(x509.SubjectAlternativeName([_san_entry(n) for n in unique]), critical=False)
+        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(_key_usage(sign_certificates=False), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    return cert.public_bytes(serialization.Encoding.PEM), _key_pem(key)
+
+
+def certificate_names(cert_pem: bytes) -> list[str]:
+    cert = x509.load_pem_x509_certificate(cert_pem)
+    san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    return [str(v) for v in san.get_values_for_type(x509.DNSName)] + [
+        str(v) for v in san.get_values_for_type(x509.IPAddress)
+    ]
+
+
+def certificate_not_after(cert_pem: bytes) -> datetime:
+    return not_after(cert_pem)

@@ -56,8 +56,6 @@ _TIME_RE = re.compile(r"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z")
 _B64URL_RE = re.compile(r"[A-Za-z0-9_-]*")
 _LICENCE_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,63}")
 _FEATURE_RE = re.compile(r"[a-z0-9][a-z0-9._-]{0,63}")
-_UTF8_BOM = b"\xef\xbb\xbf"
-_UTF16_32_BOMS = (b"\xff\xfe", b"\xfe\xff", b"\x00\x00\xfe\xff")
 
 # --- Vendor keys ---------------------------------------------------------------------------
 # The production vendor key. Only its public half is here: the private key is not in
@@ -152,68 +150,61 @@ def b64url_encode(raw: bytes) -> str:
     return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
 
 
-def _b64url_decode(value: str, field: str) -> bytes:
-    """Unpadded base64url in its one canonical spelling, or a refusal."""
-    error = LicenceError("bad_encoding", f'The "{field}" field is not valid base64url.', field=field)
-    if not _B64URL_RE.fullmatch(value):
-        raise error
+def b64url_decode(value: Any) -> bytes | None:
+    """Unpadded base64url in its one canonical spelling, or None (the rule both the
+    licence and the joining bundle apply)."""
+    if not isinstance(value, str) or not _B64URL_RE.fullmatch(value) or len(value) % 4 == 1:
+        return None
     try:
         raw = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
     except (binascii.Error, ValueError):
-        raise error from None
-    if b64url_encode(raw) != value:  # stray bits in the last character
-        raise error
+        return None
+    return raw if b64url_encode(raw) == value else None  # not: stray bits in the last character
+
+
+def utc_time_parse(value: Any) -> datetime | None:
+    """A UTC time written exactly like 2026-01-31T00:00:00Z, or None."""
+    if not isinstance(value, str) or not _TIME_RE.fullmatch(value):
+        return None
+    try:
+        return datetime.strptime(value, TIME_FORMAT).replace(tzinfo=timezone.utc)
+    except ValueError:
+        return None
+
+
+def _b64url_decode(value: str, field: str) -> bytes:
+    raw = b64url_decode(value)
+    if raw is None:
+        raise LicenceError("bad_encoding", f'The "{field}" field is not valid base64url.', field=field)
     return raw
 
 
-_BAD_TEXT = {
+_JSON_MESSAGES = {
+    strictjson.BOM: "The file starts with a byte-order mark; a licence file is plain UTF-8 JSON without one. "
+                    "Upload the file exactly as the vendor sent it.",
+    strictjson.NOT_UTF8: "The file is not UTF-8 text; a licence file is a UTF-8 JSON document.",
+    strictjson.TOO_DEEP: f"The file nests JSON more than {MAX_DEPTH} levels deep; a licence nests at most 2.",
+    strictjson.DUPLICATE_KEY: 'The file names the field "{key}" more than once.',
     strictjson.LONE_SURROGATE: "The file holds text that is not valid Unicode in {where}: a \\uD800-\\uDFFF escape "
                                "without its pair (a lone surrogate). A licence file never does.",
     strictjson.NUL_CHARACTER: "The file holds a NUL character (\\u0000) in {where}. A licence file never does.",
+    strictjson.NUMBER_TOO_LARGE: "The file holds a number far larger than any in a licence ({detail}).",
+    strictjson.NOT_JSON: "The file is not valid JSON{at}.",
 }
 # Refusals of the payload's JSON that say more than "not a JSON object".
-_PAYLOAD_OWN_CODES = frozenset({"duplicate_key", "too_deep", "number_too_large", *_BAD_TEXT})
+_PAYLOAD_OWN_CODES = frozenset({
+    strictjson.DUPLICATE_KEY, strictjson.TOO_DEEP, strictjson.NUMBER_TOO_LARGE, strictjson.LONE_SURROGATE,
+    strictjson.NUL_CHARACTER,
+})
 
 
 def _load_json(data: bytes) -> Any:
-    """Strict UTF-8 JSON: no BOM, bounded depth, no duplicate keys, no NaN/Infinity, no
-    huge numbers, no lone surrogate or NUL in any text."""
-    if data.startswith(_UTF8_BOM):
-        raise LicenceError(
-            "bom",
-            "The file starts with a byte-order mark; a licence file is plain UTF-8 JSON without one. "
-            "Upload the file exactly as the vendor sent it.",
-        )
-    not_utf8 = LicenceError("not_utf8", "The file is not UTF-8 text; a licence file is a UTF-8 JSON document.")
-    if data.startswith(_UTF16_32_BOMS) or b"\x00" in data:
-        raise not_utf8  # UTF-16/32 or binary: NUL never appears in a UTF-8 licence
+    """Strict UTF-8 JSON (``strictjson.load``), each refusal with the licence's message."""
     try:
-        text = data.decode("utf-8", errors="strict")
-    except UnicodeDecodeError:
-        raise not_utf8 from None
-    if strictjson.too_deep(text, MAX_DEPTH):
-        raise LicenceError(
-            "too_deep", f"The file nests JSON more than {MAX_DEPTH} levels deep; a licence nests at most 2."
-        )
-    try:
-        return strictjson.loads(text)
-    except strictjson.DuplicateKey as duplicate:
-        name = duplicate.key[:64]
-        raise LicenceError(
-            "duplicate_key", f'The file names the field "{name}" more than once.', field=name
-        ) from None
-    except strictjson.BadText as bad:
-        raise LicenceError(bad.problem, _BAD_TEXT[bad.problem].format(where=bad.where)) from None
-    except strictjson.NumberTooLarge as large:
-        raise LicenceError(
-            "number_too_large", f"The file holds a number far larger than any in a licence ({large})."
-        ) from None
-    except json.JSONDecodeError as error:
-        raise LicenceError(
-            "not_json", f"The file is not valid JSON (line {error.lineno}, column {error.colno}: {error.msg})."
-        ) from None
-    except (ValueError, RecursionError):  # NaN, integers too long to convert
-        raise LicenceError("not_json", "The file is not valid JSON.") from None
+        return strictjson.load(data, max_depth=MAX_DEPTH)
+    except strictjson.Refused as refused:
+        message = _JSON_MESSAGES[refused.code].format(**refused.fields())
+        raise LicenceError(refused.code, message, field=refused.key) from None
 
 
 def _exact_fields(obj: dict[str, Any], expected: Iterable[str], where: str) -> None:
@@ -246,14 +237,10 @@ def _text(payload: dict[str, Any], field: str, max_length: int) -> str:
 
 
 def _time(payload: dict[str, Any], field: str) -> datetime:
-    value = payload[field]
-    rule = "must be a UTC time written like 2026-01-31T00:00:00Z"
-    if not isinstance(value, str) or not _TIME_RE.fullmatch(value):
-        raise _bad(field, rule)
-    try:
-        return datetime.strptime(value, TIME_FORMAT).replace(tzinfo=timezone.utc)
-    except ValueError:
-        raise _bad(field, rule) from None
+    moment = utc_time_parse(payload[field])
+    if moment is None:
+        raise _bad(field, "must be a UTC time written like 2026-01-31T00:00:00Z")
+    return moment
 
 
 def _payload_fields(payload: dict[str, Any], key: VendorKey) -> VerifiedLicence:

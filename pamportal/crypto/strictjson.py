@@ -137,3 +137,58 @@ def loads(text: str) -> Any:
     )
     check_text(value)
     return value
+
+
+# --- One entry point for a whole document ----------------------------------------------------
+
+_UTF8_BOM = b"\xef\xbb\xbf"
+_UTF16_32_BOMS = (b"\xff\xfe", b"\xfe\xff", b"\x00\x00\xfe\xff")
+BOM, NOT_UTF8, TOO_DEEP, DUPLICATE_KEY, NUMBER_TOO_LARGE, NOT_JSON = (
+    "bom", "not_utf8", "too_deep", "duplicate_key", "number_too_large", "not_json",
+)
+
+
+class Refused(ValueError):
+    """A document ``load`` refused. ``code`` is one of BOM, NOT_UTF8, TOO_DEEP,
+    DUPLICATE_KEY, LONE_SURROGATE, NUL_CHARACTER, NUMBER_TOO_LARGE, NOT_JSON; the
+    other fields feed each format's own message: ``key`` (the repeated field name,
+    shortened), ``where`` (which text is bad), ``detail`` (the number too large, or
+    where the JSON breaks: "line 1, column 2: Expecting value"; "" when unknown)."""
+
+    def __init__(self, code: str, *, key: str = "", where: str = "", detail: str = ""):
+        super().__init__(code)
+        self.code, self.key, self.where, self.detail = code, key, where, detail
+
+    def fields(self) -> dict[str, str]:
+        """The values a message template may use: {key}, {where}, {detail}, and
+        {at}, the detail in brackets after a space (or nothing)."""
+        return {"key": self.key, "where": self.where, "detail": self.detail,
+                "at": f" ({self.detail})" if self.detail else ""}
+
+
+def load(data: bytes, *, max_depth: int) -> Any:
+    """Strict UTF-8 JSON from ``data``: no byte-order mark, no NUL byte, bounded depth,
+    and everything ``loads`` refuses. Raises ``Refused``; each format (licence,
+    joining bundle, setup API) maps its ``code`` to its own refusal and message."""
+    if data.startswith(_UTF8_BOM):
+        raise Refused(BOM)
+    if data.startswith(_UTF16_32_BOMS) or b"\x00" in data:
+        raise Refused(NOT_UTF8)  # UTF-16/32 or binary: NUL never appears in UTF-8 JSON
+    try:
+        text = data.decode("utf-8", errors="strict")
+    except UnicodeDecodeError:
+        raise Refused(NOT_UTF8) from None
+    if too_deep(text, max_depth):
+        raise Refused(TOO_DEEP, detail=str(max_depth))
+    try:
+        return loads(text)
+    except DuplicateKey as duplicate:
+        raise Refused(DUPLICATE_KEY, key=duplicate.key[:64]) from None
+    except BadText as bad:
+        raise Refused(bad.problem, where=bad.where) from None
+    except NumberTooLarge as large:
+        raise Refused(NUMBER_TOO_LARGE, detail=str(large)) from None
+    except json.JSONDecodeError as error:
+        raise Refused(NOT_JSON, detail=f"line {error.lineno}, column {error.colno}: {error.msg}") from None
+    except (ValueError, RecursionError):  # NaN, Infinity, integers too long to convert
+        raise Refused(NOT_JSON) from None

@@ -24,30 +24,27 @@ Read at call time, so tests can change them with pytest-django's ``settings`` fi
 
 from __future__ import annotations
 
-import os
 from typing import Any, Callable
 
 from django.conf import settings
+
+from pamportal.core.addresses import ntp_servers_parse
+from pamportal.core.config import setting
 
 from .checks import PreflightContext, Thresholds
 
 _DEFAULTS = Thresholds()
 
 
-def _read(name: str, default: Any, cast: Callable[[Any], Any]) -> Any:
-    full = f"PAM_PREFLIGHT_{name}"
-    if hasattr(settings, full):
-        return cast(getattr(settings, full))
-    raw = os.environ.get(full)
-    if raw not in (None, ""):
-        return cast(raw)
-    return default
+def _read(name: str, default: Any, kind: Callable[[Any], Any]) -> Any:
+    return setting(f"PAM_PREFLIGHT_{name}", default, kind)
 
 
 def _servers(value: Any) -> tuple[str, ...]:
-    if isinstance(value, str):
-        value = value.split(",")
-    return tuple(s.strip() for s in value if str(s).strip())
+    """NTP servers (text, or a list of them) by the one rule; none is allowed here (the
+    NTP check then warns that the clock cannot be checked)."""
+    text = value if isinstance(value, str) else ",".join(str(server) for server in value)
+    return tuple(ntp_servers_parse(text)) if text.strip(" ,\n\t") else ()
 
 
 def thresholds() -> Thresholds:
@@ -73,15 +70,12 @@ def ntp_servers() -> tuple[str, ...]:
 
 
 def ports() -> dict[str, int]:
-    def port(setting: str, default: int) -> int:
-        return int(getattr(settings, setting, os.environ.get(setting) or default))
-
     found = {
-        "443": port("PAM_HTTPS_PORT", 443),
-        "9002": port("PAM_CLIENT_PORT", 9002),
-        "2380": port("PAM_ETCD_PEER_PORT", 2380),
-        "2390": port("PAM_SETUP_API_PORT", 2390),
-        "2391": port("PAM_DELEGATION_API_PORT", 2391),
+        "443": setting("PAM_HTTPS_PORT", 443, int),
+        "9002": setting("PAM_CLIENT_PORT", 9002, int),
+        "2380": setting("PAM_ETCD_PEER_PORT", 2380, int),
+        "2390": setting("PAM_SETUP_API_PORT", 2390, int),
+        "2391": setting("PAM_DELEGATION_API_PORT", 2391, int),
     }
     override = _read("PORTS", {}, lambda v: {str(k): int(p) for k, p in dict(v).items()})
     return {**found, **override}

@@ -508,22 +508,29 @@ def build_corpus() -> list[Case]:
     add("two services on one port", sealed(body=good_body(leader_ports=ports_with(delegation=2390))),
         _bad(ports, "must give a different port to each service"), ports)
     add("leader address not a name", sealed(body=good_body(leader_address="not an address")),
-        _bad("body.leader_address", "must be an FQDN or an IP address: “not an address” is not a valid host name "
-             "(letters, digits and inner hyphens, dot-separated)"), "body.leader_address")
+        _bad("body.leader_address", "must be an FQDN or an IP address: “not an address” has spaces in it"), "body.leader_address")
     add("leader address not qualified", sealed(body=good_body(leader_address="leader")),
         _bad("body.leader_address", "must be an FQDN or an IP address: “leader” is not fully qualified "
              "(it needs a domain, like node1.example.com)"), "body.leader_address")
     add("leader address is a number", sealed(body=good_body(leader_address=167772161)),
         _bad("body.leader_address", "must be text (an FQDN or an IP address)"), "body.leader_address")
     add("leader address with a port", sealed(body=good_body(leader_address="10.0.0.1:2390")),
-        _bad("body.leader_address", "must be an FQDN or an IP address: “10.0.0.1:2390” is not a valid host name "
-             "(letters, digits and inner hyphens, dot-separated)"), "body.leader_address")
+        _bad("body.leader_address", "must be an FQDN or an IP address: “10.0.0.1:2390” is not an IP address "
+             "(and a host name cannot contain “:” or “/”)"), "body.leader_address")
     add("follower address wildcard", sealed(body=good_body(follower_address="0.0.0.0")),
-        _bad("body.follower_address", "must be an FQDN or an IP address: “0.0.0.0” is the wildcard address"),
+        _bad("body.follower_address", "must be an FQDN or an IP address: “0.0.0.0” is the wildcard address; "
+             "give the address other nodes use to reach this node"),
         "body.follower_address")
     add("follower address bad IPv4", sealed(body=good_body(follower_address="10.0.0.300")),
-        _bad("body.follower_address", "must be an FQDN or an IP address: “10.0.0.300” looks like an IPv4 address but is not one"),
+        _bad("body.follower_address", "must be an FQDN or an IP address: “10.0.0.300” looks like an IPv4 address but "
+             "is not one (and a name that ends in a number is not a host name)"),
         "body.follower_address")
+    add("follower address in brackets", sealed(body=good_body(follower_address="[::1]")),
+        _bad("body.follower_address", "must be an FQDN or an IP address: “[::1]” is written in brackets; "
+             "write the IP address without them (::1)"), "body.follower_address")
+    add("follower address with a trailing dot", sealed(body=good_body(follower_address="node2.example.com.")),
+        _bad("body.follower_address", "must be an FQDN or an IP address: “node2.example.com.” ends with a dot; "
+             "write the name without it"), "body.follower_address")
     add("follower address in capitals", sealed(body=good_body(follower_address="Node2.Example.COM")),
         _bad("body.follower_address", "must be written as node2.example.com"), "body.follower_address")
     add("follower address empty", sealed(body=good_body(follower_address="")),

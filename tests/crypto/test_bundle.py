@@ -16,7 +16,7 @@ import pytest
 from pamportal.crypto import bundle as fmt
 from pamportal.crypto import ca, mek
 from pamportal.crypto.bundle import BundleError, bundle_create, bundle_open, join_proof, join_proof_verify, token_hash
-from tests.crypto.bundle_corpus import CA_PEM, CORPUS, GOOD, MEK, NOW, TOKEN, Case, document, dump
+from tests.crypto.bundle_corpus import CA_PEM, CORPUS, GOOD, MEK, NOW, TOKEN, Case, document, dump, good_body, sealed
 
 T0 = datetime(2026, 5, 4, 9, 30, 15, 123456, tzinfo=timezone.utc)
 
@@ -60,7 +60,7 @@ def _refusal(data: bytes, *, mek: bytes, now: datetime, own_address: str | None 
 
 def test_round_trip(key, cluster_ca):
     token = fmt.new_join_token()
-    data = _create(key, cluster_ca, join_token=token, leader_address="Leader.Example.COM.", follower_address="[fd00::7]")
+    data = _create(key, cluster_ca, join_token=token, leader_address="Leader.Example.COM.", follower_address="FD00:0::7")
     opened = bundle_open(data, mek=key, now=T0 + timedelta(hours=1), own_address="fd00::7")
 
     assert (opened.cluster_id, opened.bundle_id) == ("c-1f2e", "b-0042")
@@ -74,6 +74,13 @@ def test_round_trip(key, cluster_ca):
     assert opened.ca_sha256 == ca.certificate_info(cluster_ca.cert_pem).sha256
     assert opened.join_token == token
     assert opened.leader_version == "3.1.4"
+
+
+def test_an_address_in_brackets_is_refused_not_guessed_at(key, cluster_ca):
+    # The one node-address rule (pamportal.core.addresses): an IP literal has no brackets.
+    with pytest.raises(BundleError) as caught:
+        _create(key, cluster_ca, join_token=fmt.new_join_token(), follower_address="[fd00::7]")
+    assert caught.value.field == "body.follower_address" and "is written in brackets" in caught.value.message
 
 
 def test_the_file_shows_only_the_header(key, cluster_ca):
@@ -378,8 +385,6 @@ def test_fuzz_structure():
 
 def test_fuzz_bodies_that_pass_the_tag():
     """Re-encrypted bodies with random fields: the body parser alone must hold."""
-    from tests.crypto.bundle_corpus import good_body, sealed
-
     rng = random.Random(11)
     names = list(good_body()) + ["extra"]
     for _ in range(300):

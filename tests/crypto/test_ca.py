@@ -78,3 +78,34 @@ def test_a_certificate_from_another_ca_does_not_verify(authority):
 def test_names_are_required():
     with pytest.raises(ValueError):
         ca.make_csr(names=[])
+
+
+# --- the self-signed node certificate (before a cluster CA exists) -------------------------
+def test_certificate_names_addresses_and_expiry():
+    now = datetime(2026, 1, 1, tzinfo=timezone.utc)
+    cert_pem, key_pem = ca.self_signed_certificate(["node1.example.test", "127.0.0.11", "::1", "127.0.0.11"], now=now)
+    names = ca.certificate_names(cert_pem)
+    assert sorted(names) == sorted(["node1.example.test", "127.0.0.11", "::1"])
+    assert ca.certificate_not_after(cert_pem) == now + timedelta(days=397)
+    cert = x509.load_pem_x509_certificate(cert_pem)
+    assert isinstance(cert.public_key(), ec.EllipticCurvePublicKey)
+    assert cert.public_key().curve.name == "secp256r1"
+    assert b"PRIVATE KEY" in key_pem
+    # Self-signed: the certificate verifies under its own key.
+    cert.verify_directly_issued_by(cert)
+
+
+def test_certificate_needs_a_name():
+    with pytest.raises(ValueError):
+        ca.self_signed_certificate([])
+
+
+def test_cluster_id_is_derived_from_the_ca_hash():
+    assert ca.cluster_id_of("0123456789abcdef" * 4) == "01234567-89ab-cdef-0123-456789abcdef"
+
+
+def test_csr_problems():
+    csr_pem, _key = ca.make_csr(names=["node2.example.test"])
+    assert ca.csr_problem(csr_pem.decode()) is None
+    assert ca.csr_problem("not a CSR") == "it is not a PEM certificate signing request"
+    assert ca.csr_problem("caf\u00e9") == "it is not a PEM certificate signing request"

@@ -21,6 +21,8 @@ from pathlib import Path
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
+from pamportal.core import config
+
 # A warm Celery shutdown waits for running steps (a join can wait for hours); after
 # this grace the rest is killed, which leases and idempotent steps make safe.
 STOP_GRACE_SECONDS = 10
@@ -129,7 +131,7 @@ class Command(BaseCommand):
         if not (settings.PAM_TLS_CERT.exists() and settings.PAM_TLS_KEY.exists()):
             raise CommandError("no TLS certificate in the data dir: run `manage.py tls_ensure` first")
         commands = {"web": self._gunicorn(settings.PAM_HTTPS_PORT, workers)}
-        if os.environ.get("PAM_SERVE_WITHOUT_WORKER", "") not in ("1", "true", "yes"):
+        if not config.env("PAM_SERVE_WITHOUT_WORKER", False, bool):
             commands["worker"] = [
                 sys.executable, "-m", "celery", "-A", "pamportal", "worker", "--beat",
                 "--schedule", settings.CELERY_BEAT_SCHEDULE_FILENAME,
@@ -141,8 +143,8 @@ class Command(BaseCommand):
     def cluster_commands(self) -> dict[str, tuple[list[str], dict[str, str]]]:
         """The cluster listeners and etcd, wanted once their prerequisites exist: the
         cluster CA (setup finalised or joined) and this node's member configuration."""
-        from pamportal.cluster.etcd_member import command_line
-        from pamportal.cluster.local_member import etcd_available, local_member_config
+        from pamportal.cluster.etcd_process import command_line
+        from pamportal.cluster.local_etcd import etcd_available, local_member_config
         from pamportal.nodes.services import ca_cert_path
 
         wanted: dict[str, tuple[list[str], dict[str, str]]] = {}

@@ -2,21 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from django.conf import settings
 from django.core.management.base import BaseCommand
 
-from pamportal.crypto.certificates import certificate_not_after, self_signed_certificate
-
-
-def _write_private(path: Path, data: bytes, mode: int) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
-    os.replace(tmp, path)
+from pamportal.core.files import write_private
+from pamportal.crypto.ca import certificate_not_after, self_signed_certificate
 
 
 class Command(BaseCommand):
@@ -39,8 +31,8 @@ class Command(BaseCommand):
         if settings.PAM_BIND_ADDRESS not in ("0.0.0.0", "::"):
             names.append(settings.PAM_BIND_ADDRESS)
         cert_pem, key_pem = self_signed_certificate(names)
-        _write_private(key_path, key_pem, 0o600)
-        _write_private(cert_path, cert_pem, 0o644)
+        write_private(key_path, key_pem, 0o600)
+        write_private(cert_path, cert_pem, 0o644)
         self.stdout.write(f"TLS certificate created for {', '.join(dict.fromkeys(names))}: {cert_path}")
 
     def _restore_finalised(self) -> bool:
