@@ -6,6 +6,7 @@ class JobsConfig(AppConfig):
     label = "jobs"
 
     def ready(self) -> None:
+        # Plugins register kinds and may use models: only once the registry is ready.
         from . import registry
 
         registry.load_plugins()

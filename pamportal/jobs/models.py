@@ -2,6 +2,7 @@
 
 from django.conf import settings
 from django.db import models
+from django.utils import timezone
 
 from .choices import TERMINAL, OutputLevel, Status
 
@@ -58,8 +59,6 @@ class Step(models.Model):
         """How long the step ran (so far, while running); None before it started."""
         if self.started_at is None:
             return None
-        from django.utils import timezone
-
         return (self.finished_at or timezone.now()) - self.started_at
 
     @property

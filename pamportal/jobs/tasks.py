@@ -9,7 +9,8 @@ from celery import shared_task
 
 from pamportal.core.context import acting
 
-from . import services
+from .engine import job_execute
+from .reaper import leases_reap
 
 
 def _worker_id(task) -> str:
@@ -21,10 +22,10 @@ def _worker_id(task) -> str:
 def run_job(self, job_id: int) -> str:
     worker_id = _worker_id(self)
     with acting(actor_id=None, actor_name=f"worker {worker_id}"):
-        return services.job_execute(job_id=job_id, worker_id=worker_id)
+        return job_execute(job_id=job_id, worker_id=worker_id)
 
 
 @shared_task(name="pamportal.jobs.tasks.reap_expired_leases", acks_late=True, ignore_result=True)
 def reap_expired_leases() -> dict:
     with acting(actor_id=None, actor_name="job lease reaper"):
-        return services.leases_reap()
+        return leases_reap()

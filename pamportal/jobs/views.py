@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from django.contrib import messages
 from django.core.paginator import Paginator
-from django.shortcuts import get_object_or_404, redirect, render
+from django.http import Http404
+from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_POST
 from django_htmx.http import HttpResponseStopPolling
 
@@ -12,20 +13,27 @@ from pamportal.accounts.decorators import require_capability
 from pamportal.audit.actions import AuditAction
 
 from . import selectors, services
-from .models import Job
+
+
+def _job(request, pk: int):
+    """The job if this user may see it; a missing and a forbidden job are both 404."""
+    try:
+        return selectors.access_job_by_id(request.user, pk)
+    except selectors.JobNotFound:
+        raise Http404(f"no job #{pk}") from None
 
 
 @require_capability("jobs.view")
 @require_GET
 def job_list(request):
-    page = Paginator(selectors.job_list(), 50).get_page(request.GET.get("page"))
+    page = Paginator(selectors.job_list(user=request.user), 50).get_page(request.GET.get("page"))
     return render(request, "jobs/list.html", {"page": page})
 
 
 @require_capability("jobs.view")
 @require_GET
 def job_detail(request, pk: int):
-    job = get_object_or_404(Job.objects.select_related("created_by"), pk=pk)
+    job = _job(request, pk)
     return render(request, "jobs/detail.html", {"job": job, "progress": selectors.job_progress(job)})
 
 
@@ -33,7 +41,7 @@ def job_detail(request, pk: int):
 @require_GET
 def job_progress(request, pk: int):
     """The progress partial that pages poll; 286 (stop polling) once the job is over."""
-    job = get_object_or_404(Job, pk=pk)
+    job = _job(request, pk)
     refresh = request.GET.get("refresh") == "1"
     context = {"job": job, "progress": selectors.job_progress(job), "refresh_on_finish": refresh}
     if not job.is_terminal:
@@ -60,10 +68,10 @@ def _refused(action):
 @require_capability("jobs.run", on_refused=_refused(AuditAction.JOB_RERUN))
 @require_POST
 def job_rerun(request, pk: int):
-    job = get_object_or_404(Job, pk=pk)
+    job = _job(request, pk)
     try:
         services.job_rerun(job_id=job.pk, user=request.user)
-    except services.IllegalTransition as exc:
+    except services.JobRefused as exc:
         messages.error(request, f"This job cannot be run again: {exc}.")
     else:
         messages.success(request, f"Job #{job.pk} is queued to run again.")
@@ -73,10 +81,10 @@ def job_rerun(request, pk: int):
 @require_capability("jobs.run", on_refused=_refused(AuditAction.JOB_CANCELLED))
 @require_POST
 def job_cancel(request, pk: int):
-    job = get_object_or_404(Job, pk=pk)
+    job = _job(request, pk)
     try:
         services.job_cancel(job_id=job.pk, user=request.user)
-    except services.IllegalTransition as exc:
+    except services.JobRefused as exc:
         messages.error(request, f"This job cannot be cancelled: {exc}.")
     else:
         messages.success(request, f"Job #{job.pk} is cancelled.")

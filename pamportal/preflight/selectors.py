@@ -5,6 +5,7 @@ from __future__ import annotations
 from django.db.models import QuerySet
 
 from .models import CheckOutcome, PreflightRun
+from .services import summary_of
 
 
 def preflight_run_list() -> QuerySet[PreflightRun]:
@@ -26,3 +27,17 @@ def preflight_blocking(run: PreflightRun) -> list[CheckOutcome]:
     """What stops the next step: failing errors, failing warnings not accepted, and any
     check that has not run yet. Empty: the node may go on."""
     return [outcome for outcome in preflight_outcomes(run) if outcome.blocking]
+
+
+def preflight_results_context(run: PreflightRun, *, return_to: str = "") -> dict:
+    """What ``preflight/_results.html`` needs, for a page that shows a run's results
+    (the setup wizard's preflight step)."""
+    outcomes = preflight_outcomes(run)
+    return {
+        "run": run,
+        "job": run.job,
+        "outcomes": outcomes,
+        "blocking": [o for o in outcomes if o.blocking],
+        "summary": summary_of(outcomes),
+        "return_to": return_to or "",
+    }

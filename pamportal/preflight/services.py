@@ -11,10 +11,12 @@ from django.utils import timezone
 
 from pamportal.accounts.roles import has_capability
 from pamportal.audit.actions import AuditAction, Outcome
+from pamportal.audit.refusals import Refused, audited_refusals
 from pamportal.audit.services import audit_record
 from pamportal.jobs.choices import OutputLevel
+from pamportal.jobs.engine import job_execute, job_log
 from pamportal.jobs.models import Job
-from pamportal.jobs.services import job_create, job_execute, job_log
+from pamportal.jobs.services import job_create
 
 from . import conf
 from .checks import BY_ID, CATALOGUE, Check, CheckResult, CheckStatus, PreflightContext, Severity
@@ -24,8 +26,16 @@ KIND = "preflight"
 REASON_MAX = 2000
 
 
-class PreflightRefused(Exception):
-    """An acceptance the rules do not allow; the message says why, for the operator."""
+class PreflightRefused(Refused):
+    """An acceptance the rules do not allow; the message says why, for the operator.
+    Recorded against the run with the check, why, and the reason the operator gave."""
+
+    def __init__(self, message: str, *, outcome_id: int, run_id: int | None, reason: str):
+        super().__init__(
+            message, action=AuditAction.PREFLIGHT_ACCEPT_REFUSED, outcome=Outcome.DENIED, reason=reason[:REASON_MAX],
+            target=f"preflight:{run_id}" if run_id else f"preflight-outcome:{outcome_id}",
+            details={"outcome": outcome_id, "why": message},
+        )
 
 
 def _context(context: PreflightContext | None, skip: Iterable[str]) -> PreflightContext:
@@ -41,7 +51,9 @@ def _context(context: PreflightContext | None, skip: Iterable[str]) -> Preflight
 
 @transaction.atomic
 def _run_create(*, user, context: PreflightContext, enqueue: bool) -> PreflightRun:
-    job = job_create(kind=KIND, created_by=user, enqueue=enqueue, title=f"Preflight checks for {context.address}")
+    # The checks read their context from the job's params: they run where there is no database.
+    job = job_create(kind=KIND, created_by=user, enqueue=enqueue, title=f"Preflight checks for {context.address}",
+                     params={"context": context.to_dict()})
     run = PreflightRun.objects.create(job=job, context=context.to_dict(), created_by=user)
     CheckOutcome.objects.bulk_create(
         CheckOutcome(run=run, position=i, check_id=c.id, title=c.title, severity=c.severity, can_accept=c.can_accept)
@@ -131,34 +143,38 @@ def run_summarise(run: PreflightRun) -> dict:
 
 
 # --- accepting a warning ----------------------------------------------------------------
-def _refuse(outcome: CheckOutcome, why: str) -> None:
-    raise PreflightRefused(f"{outcome.check_id} cannot be accepted: {why}")
+def _refuse(outcome: CheckOutcome, why: str, reason: str) -> None:
+    raise PreflightRefused(f"{outcome.check_id} cannot be accepted: {why}", outcome_id=outcome.pk,
+                           run_id=outcome.run_id, reason=reason)
 
 
-@transaction.atomic
+@audited_refusals
 def _accept(*, outcome_id: int, user, reason: str) -> WarningAcceptance:
     outcome = CheckOutcome.objects.select_for_update().filter(pk=outcome_id).first()
     if outcome is None:
-        raise PreflightRefused(f"there is no check result #{outcome_id}")
+        raise PreflightRefused(f"there is no check result #{outcome_id}", outcome_id=outcome_id, run_id=None,
+                               reason=reason)
     if not has_capability(user, "preflight.accept"):
-        _refuse(outcome, f"{user.get_username()} may not accept preflight warnings")
+        _refuse(outcome, f"{user.get_username()} may not accept preflight warnings", reason)
     if outcome.status in (CheckStatus.PASS, CheckStatus.SKIPPED):
-        _refuse(outcome, "it did not fail, so there is nothing to accept")
+        _refuse(outcome, "it did not fail, so there is nothing to accept", reason)
     if outcome.status == CheckStatus.PENDING:
-        _refuse(outcome, "it has not run yet")
+        _refuse(outcome, "it has not run yet", reason)
     if outcome.severity == Severity.ERROR:
-        _refuse(outcome, "it is an error, and errors block until they are fixed; fix it and run preflight again")
+        _refuse(outcome, "it is an error, and errors block until they are fixed; fix it and run preflight again",
+                reason)
     if not outcome.can_accept:
-        _refuse(outcome, "version, key and quorum checks can never be accepted; fix it and run preflight again")
+        _refuse(outcome, "version, key and quorum checks can never be accepted; fix it and run preflight again",
+                reason)
     existing = WarningAcceptance.objects.filter(outcome=outcome).select_related("user").first()
     if existing is not None:
         _refuse(outcome, f"it was already accepted by {existing.user.get_username()} "
-                         f"on {timezone.localtime(existing.accepted_at):%Y-%m-%d %H:%M}")
+                         f"on {timezone.localtime(existing.accepted_at):%Y-%m-%d %H:%M}", reason)
     minimum = conf.accept_reason_min()
     if len(reason) < minimum:
-        _refuse(outcome, f"write why it is acceptable (at least {minimum} characters)")
+        _refuse(outcome, f"write why it is acceptable (at least {minimum} characters)", reason)
     if len(reason) > REASON_MAX:
-        _refuse(outcome, f"the reason is longer than {REASON_MAX} characters")
+        _refuse(outcome, f"the reason is longer than {REASON_MAX} characters", reason)
     acceptance = WarningAcceptance.objects.create(outcome=outcome, user=user, reason=reason, accepted_at=timezone.now())
     run = PreflightRun.objects.get(pk=outcome.run_id)
     job_log(run.job_id, f"{outcome.check_id}: warning accepted by {user.get_username()}: {reason}")
@@ -175,18 +191,7 @@ def preflight_warning_accept(*, outcome_id: int, user, reason: str) -> WarningAc
     """Accept a failed warning with a written reason, audited. Refused (and the refusal
     audited) for errors, for checks that can never be accepted, for passed or pending
     checks, for a second acceptance and for a reason shorter than the minimum."""
-    reason = (reason or "").strip()
-    try:
-        return _accept(outcome_id=outcome_id, user=user, reason=reason)
-    except PreflightRefused as exc:
-        with transaction.atomic():
-            run_id = CheckOutcome.objects.filter(pk=outcome_id).values_list("run_id", flat=True).first()
-            audit_record(
-                action=AuditAction.PREFLIGHT_ACCEPT_REFUSED, outcome=Outcome.DENIED,
-                target=f"preflight:{run_id}" if run_id else f"preflight-outcome:{outcome_id}",
-                details={"outcome": outcome_id, "why": str(exc), "reason": reason[:REASON_MAX]},
-            )
-        raise
+    return _accept(outcome_id=outcome_id, user=user, reason=(reason or "").strip())
 
 
 def job_run_of(job: Job) -> PreflightRun:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import threading
 from collections import Counter
 from datetime import timedelta
 
 from django.utils import timezone
 
-from pamportal.jobs import services
+from pamportal.jobs.engine import job_execute
+from pamportal.jobs.reaper import leases_reap
 from pamportal.jobs.registry import JobKind, StepSpec, register
 
 CALLS: Counter = Counter()
@@ -35,14 +37,14 @@ def _boom(ctx):
 def _reenter(ctx):
     """While this step holds its lease, the queue delivers the job again to another worker."""
     CALLS["reenter"] += 1
-    NESTED.append(services.job_execute(job_id=ctx.job.pk, worker_id="worker-B"))
+    NESTED.append(job_execute(job_id=ctx.job.pk, worker_id="worker-B"))
     return {"reentered": True}
 
 
 def _reaped_meanwhile(ctx):
     """The worker is so slow that its lease expires and the reaper acts while it runs."""
     CALLS["slow"] += 1
-    services.leases_reap(now=timezone.now() + timedelta(hours=1))
+    leases_reap(now=timezone.now() + timedelta(hours=1))
     return {"late": True}
 
 
@@ -60,7 +62,38 @@ REAPED = register(
             (StepSpec("slow", "Slow", _reaped_meanwhile), StepSpec("two", "Two", _two)))
 )
 
+RECORDED: list[tuple[str, dict]] = []
+BARRIER_PARTIES = 3
+
+
+def _together(ctx):
+    """A step of a group: it waits for its siblings, so it passes only if they run at once."""
+    CALLS[ctx.step.name] += 1
+    ctx.log(f"{ctx.step.name} waiting for the others")
+    BARRIER.wait(timeout=5)
+    if ctx.step.name == "g-boom":
+        raise RuntimeError("one of three broke")
+    return {"name": ctx.step.name}
+
+
+def _record(ctx, result):
+    RECORDED.append((ctx.step.name, result))
+    return {**result, "recorded": True}
+
+
+def _group(*names):
+    return tuple(StepSpec(n, n, _together, group="g", record=_record) for n in names)
+
+
+GROUPED = register(JobKind("test.grouped", "Grouped test job", (*_group("g-a", "g-b", "g-c"), StepSpec("two", "Two", _two))))
+GROUPED_FAILING = register(
+    JobKind("test.grouped-failing", "Grouped failing test job", (*_group("g-a", "g-boom", "g-c"), StepSpec("two", "Two", _two)))
+)
+BARRIER = threading.Barrier(BARRIER_PARTIES)
+
 
 def reset() -> None:
     CALLS.clear()
     NESTED.clear()
+    RECORDED.clear()
+    BARRIER.reset()

@@ -11,23 +11,21 @@ from django.conf import settings
 from django.utils import timezone
 
 from pamportal.audit.actions import AuditAction
-from pamportal.audit.models import AuditEvent
 from pamportal.jobs.choices import Status
-from pamportal.jobs.models import Job, OutputLine, Step
-from pamportal.jobs.selectors import job_output
-from pamportal.jobs.services import (
+from pamportal.jobs.engine import (
     IllegalTransition,
-    job_cancel,
-    job_create,
+    _record_step_outcome,
     job_execute,
     job_log,
-    job_rerun,
-    lease_renew,
-    leases_reap,
-    stall_after,
     step_claim,
 )
+from pamportal.jobs.leases import lease_renew
+from pamportal.jobs.models import Job, OutputLine, Step
+from pamportal.jobs.reaper import leases_reap, stall_after
+from pamportal.jobs.selectors import job_output
+from pamportal.jobs.services import job_cancel, job_create, job_rerun
 from tests.jobs import kinds
+from tests.support.audit import events
 
 pytestmark = pytest.mark.django_db
 
@@ -42,10 +40,6 @@ def statuses(job):
 
 def text(job) -> str:
     return "\n".join(job_output(job).values_list("text", flat=True))
-
-
-def events(action):
-    return list(AuditEvent.objects.filter(action=action).order_by("position"))
 
 
 # --- output ----------------------------------------------------------------------------
@@ -245,8 +239,6 @@ def test_rerun_keeps_succeeded_steps():
     job = job_create(kind=kinds.PLAIN.name, enqueue=False)
     step_claim(job.pk, "w")
     # step one succeeds, then step two's worker dies
-    from pamportal.jobs.services import _record_step_outcome
-
     _record_step_outcome(job, job.steps.get(index=0), "w", {"one": 1}, "")
     step_claim(job.pk, "dead")
     leases_reap(now=later())
@@ -287,8 +279,6 @@ def test_cancel_while_a_step_runs_discards_its_outcome():
     job = job_create(kind=kinds.PLAIN.name, enqueue=False)
     _, _, step = step_claim(job.pk, "w")
     job_cancel(job_id=job.pk, user=None)
-    from pamportal.jobs.services import _record_step_outcome
-
     assert _record_step_outcome(job, step, "w", {"one": 1}, "") == "lost"
     assert statuses(job) == ["cancelled", "cancelled"]
     assert OutputLine.objects.filter(job=job, text__contains="outcome was discarded").exists()

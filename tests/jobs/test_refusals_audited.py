@@ -3,7 +3,6 @@ allow it) is an audit event naming the job, the outcome and the reason."""
 
 from __future__ import annotations
 
-import json
 from datetime import timedelta
 
 import pytest
@@ -12,40 +11,15 @@ from django.utils import timezone
 
 from pamportal.accounts.roles import Role
 from pamportal.audit.actions import AuditAction, Outcome
-from pamportal.audit.models import AuditEvent
 from pamportal.jobs.choices import Status
+from pamportal.jobs.engine import IllegalTransition, job_execute, step_claim
 from pamportal.jobs.models import Job
-from pamportal.jobs.services import (
-    IllegalTransition,
-    job_cancel,
-    job_create,
-    job_execute,
-    job_rerun,
-    leases_reap,
-    step_claim,
-)
+from pamportal.jobs.reaper import leases_reap
+from pamportal.jobs.services import job_cancel, job_create, job_rerun
 from tests.jobs import kinds
+from tests.support.audit import events
 
 pytestmark = pytest.mark.django_db
-
-
-def events(action, outcome=None):
-    rows = AuditEvent.objects.filter(action=action).order_by("position")
-    if outcome is not None:
-        rows = rows.filter(outcome=outcome)
-    rows = list(rows)
-    for row in rows:
-        row.data = json.loads(row.details or "{}")
-    return rows
-
-
-@pytest.fixture
-def as_role(admin_user, make_user, login_client, client):
-    def login(role: Role):
-        user = admin_user if role == Role.ADMINISTRATOR else make_user(f"u-{role}", role)
-        return login_client(user, client)
-
-    return login
 
 
 def failed_job():

@@ -7,13 +7,26 @@ import itertools
 import pytest
 
 from pamportal.jobs.choices import TERMINAL, TRANSITIONS, Status
+from pamportal.jobs.engine import IllegalTransition, job_log, status_transition
 from pamportal.jobs.models import Job, Step
-from pamportal.jobs.services import IllegalTransition, job_create, status_transition
+from pamportal.jobs.services import job_create
 from tests.jobs import kinds
 
 pytestmark = pytest.mark.django_db
 
 PAIRS = list(itertools.product(Status, Status))
+
+# The allowed moves, written out by hand rather than read from ``TRANSITIONS``, so that a
+# change to the table in the code has to be made here too. "running -> pending" is the
+# reaper re-queueing a step whose worker died; "failed/cancelled/skipped -> pending" is
+# an operator running a job again; nothing leaves "succeeded".
+ALLOWED = {
+    ("pending", "running"), ("pending", "skipped"), ("pending", "cancelled"),
+    ("running", "succeeded"), ("running", "failed"), ("running", "cancelled"), ("running", "pending"),
+    ("failed", "pending"),
+    ("cancelled", "pending"),
+    ("skipped", "pending"),
+}
 
 
 def _set(obj, status):
@@ -23,11 +36,11 @@ def _set(obj, status):
 
 @pytest.mark.parametrize("current,to", PAIRS, ids=[f"{a}->{b}" for a, b in PAIRS])
 @pytest.mark.parametrize("what", ["job", "step"])
-def test_every_move_is_judged_by_transitions(what, current, to):
+def test_every_move_is_allowed_or_refused_as_the_table_says(what, current, to):
     job = job_create(kind=kinds.PLAIN.name, enqueue=False)
     obj = job if what == "job" else job.steps.get(index=0)
     _set(obj, current)
-    if to in TRANSITIONS[current]:
+    if (current, to) in ALLOWED:
         status_transition(obj, to)
         obj.refresh_from_db()
         assert obj.status == to
@@ -73,8 +86,6 @@ def test_refused_move_names_the_object_and_what_is_allowed():
 def test_transition_does_not_clobber_the_output_counter():
     job = job_create(kind=kinds.PLAIN.name, enqueue=False)  # wrote one line
     stale = Job.objects.get(pk=job.pk)
-    from pamportal.jobs.services import job_log
-
     job_log(job, "a")
     job_log(job, "b")
     status_transition(stale, Status.RUNNING)  # a stale copy must not write output_counter back

@@ -10,20 +10,13 @@ from django.utils import timezone
 
 from pamportal.accounts.roles import Role
 from pamportal.jobs.choices import Status
+from pamportal.jobs.engine import job_execute, step_claim
 from pamportal.jobs.models import Job
-from pamportal.jobs.services import job_create, job_execute, leases_reap, step_claim
+from pamportal.jobs.reaper import leases_reap
+from pamportal.jobs.services import job_create
 from tests.jobs import kinds
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture
-def as_role(admin_user, make_user, login_client, client):
-    def login(role: Role):
-        user = admin_user if role == Role.ADMINISTRATOR else make_user(f"u-{role}", role)
-        return login_client(user, client)
-
-    return login
 
 
 def failed_job():

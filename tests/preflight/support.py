@@ -10,14 +10,9 @@ from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
-from pamportal.crypto.certificates import self_signed_certificate
+from pamportal.crypto.ca import self_signed_certificate
 from pamportal.preflight.checks import PORT_ROLES, PreflightContext, Thresholds, unix_to_ntp
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
+from tests.support.node import free_port  # noqa: F401  (re-exported to the preflight tests)
 
 
 @contextmanager

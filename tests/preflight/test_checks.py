@@ -98,14 +98,14 @@ def test_postgres_reachable_passes_on_a_listener_and_fails_once_it_is_gone(tmp_p
 # --- the address ------------------------------------------------------------------------
 @pytest.mark.parametrize("address", ["bad_host!", "300.1.1.1", "", "   ", "1.2.3", "-pam.example.com",
                                      "pam..example.com", "localhost", "pam1", "0.0.0.0", "a" * 64 + ".example.com",
-                                     "pam.example.123"])
+                                     "pam.example.123", "[2001:db8::5]", "pam1.example.com."])
 def test_address_format_refuses_garbage(tmp_path, address):
     result = run("address.format", context(tmp_path, address=address))
     assert result.status == FAIL and result.message and result.remediation
 
 
-@pytest.mark.parametrize("address", ["pam1.example.com", "PAM-1.Example.org.", "127.0.0.11", "10.0.0.5", "::1",
-                                     "[2001:db8::5]", "xn--bcher-kva.example"])
+@pytest.mark.parametrize("address", ["pam1.example.com", "PAM-1.Example.org", "127.0.0.11", "10.0.0.5", "::1",
+                                     "2001:db8::5", "xn--bcher-kva.example"])
 def test_address_format_accepts_fqdns_and_ips(tmp_path, address):
     assert run("address.format", context(tmp_path, address=address)).status == PASS
 
@@ -133,7 +133,7 @@ def test_a_name_server_that_never_answers_times_out_with_a_clear_message(tmp_pat
         time.sleep(2)
         raise socket.gaierror("too late")
 
-    monkeypatch.setattr(checks.socket, "getaddrinfo", stuck)
+    monkeypatch.setattr(socket, "getaddrinfo", stuck)
     start = time.monotonic()
     result = run("address.resolves-to-self", context(tmp_path, address="pam1.example.com"))
     assert time.monotonic() - start < 1.5

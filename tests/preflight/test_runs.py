@@ -11,10 +11,10 @@ from django.utils import timezone
 
 from pamportal.accounts.roles import Role
 from pamportal.audit.actions import AuditAction, Outcome
-from pamportal.audit.models import AuditEvent
 from pamportal.jobs.choices import Status
+from pamportal.jobs.engine import job_execute, step_claim
 from pamportal.jobs.models import Step
-from pamportal.jobs.services import job_execute, leases_reap, step_claim
+from pamportal.jobs.reaper import leases_reap
 from pamportal.preflight.checks import CATALOGUE, CheckStatus, Severity
 from pamportal.preflight.models import CheckOutcome
 from pamportal.preflight.selectors import preflight_blocking, preflight_latest
@@ -25,6 +25,7 @@ from pamportal.preflight.services import (
     preflight_warning_accept,
 )
 from tests.preflight.support import SntpResponder, context, held_port
+from tests.support.audit import events
 
 pytestmark = pytest.mark.django_db
 
@@ -43,10 +44,6 @@ def start(user, ctx, django_capture_on_commit_callbacks, **kw):
 
 def outcome(run, check_id) -> CheckOutcome:
     return CheckOutcome.objects.get(run=run, check_id=check_id)
-
-
-def events(action):
-    return list(AuditEvent.objects.filter(action=action).order_by("position"))
 
 
 def test_a_passing_run_records_every_check_as_its_own_step(tmp_path, operator, licensed, fake_etcd,

@@ -12,7 +12,8 @@ from django.utils import timezone
 from pamportal.accounts.roles import Role
 from pamportal.audit.actions import AuditAction
 from pamportal.audit.models import AuditEvent
-from pamportal.jobs.services import job_execute, leases_reap, step_claim
+from pamportal.jobs.engine import job_execute, step_claim
+from pamportal.jobs.reaper import leases_reap
 from pamportal.preflight.checks import BY_ID
 from pamportal.preflight.models import CheckOutcome, PreflightRun, WarningAcceptance
 from pamportal.preflight.services import preflight_run_start
@@ -21,15 +22,6 @@ from tests.preflight.support import context
 pytestmark = pytest.mark.django_db
 
 ONLY = ("hardware.cpu", "address.format", "etcd.binary")
-
-
-@pytest.fixture
-def as_role(admin_user, make_user, login_client, client):
-    def login(role: Role):
-        user = admin_user if role == Role.ADMINISTRATOR else make_user(f"u-{role}", role)
-        return login_client(user, client)
-
-    return login
 
 
 @pytest.fixture
