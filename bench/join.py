@@ -67,7 +67,7 @@ def _watch(env, code: str, ready: Path, out: dict, key: str) -> threading.Thread
 LEADER_WATCH = f"""
 import time
 from pathlib import Path
-from pamportal.cluster.membership import etcd_client, member_peer_url
+from pamportal.cluster.connections import etcd_client, member_peer_url
 from pamportal.cluster.models import ClusterMember
 url = member_peer_url({FOLLOWER!r})
 active_at = voter_at = None
@@ -91,7 +91,7 @@ result = {{"active": active_at, "voter": voter_at}}
 FOLLOWER_WATCH = """
 import time
 from pathlib import Path
-from pamportal.setup.join import join_current
+from pamportal.cluster.follower_selectors import join_current
 joined_at = failure = None
 deadline = time.time() + %d
 Path(ready_file).touch()
@@ -124,19 +124,19 @@ def one_join(index: int, root: Path, ntp: str) -> dict:
             start(env, address)
         mek_text = finalise_leader(leader, LEADER, ntp)
         wait_for(lambda: run(leader, """
-from pamportal.cluster.membership import etcd_client
+from pamportal.cluster.connections import etcd_client
 ok, _ = etcd_client().health()
 result = ok
 """), timeout=60, interval=1, what="the leader's etcd member")
 
         bundle_id = run(leader, USERS + f"""
-from pamportal.cluster import services as cs
+from pamportal.cluster import bundles as cs
 user('approver-1', Role.APPROVER); user('approver-2', Role.APPROVER)
 result = str(cs.bundle_generate(user=user('operator', Role.OPERATOR), follower_address={FOLLOWER!r}).bundle_id)
 """)
         data = wait_for(lambda: run(leader, USERS + f"""
 import base64
-from pamportal.cluster import services as cs
+from pamportal.cluster import bundles as cs
 from pamportal.cluster.models import JoiningBundle
 b = JoiningBundle.objects.get(bundle_id={bundle_id!r})
 result = base64.b64encode(cs.bundle_download(user=user('operator', Role.OPERATOR), bundle_id=b.bundle_id).data).decode() if b.file else None
@@ -146,7 +146,7 @@ result = base64.b64encode(cs.bundle_download(user=user('operator', Role.OPERATOR
 
         run(follower, USERS + f"""
 from pathlib import Path
-from pamportal.setup import join as j
+from pamportal.cluster import follower as j
 admin = user('admin', Role.ADMINISTRATOR)
 j.join_bundle_open(user=admin, data=Path({str(bundle_path)!r}).read_bytes(), mek_text={mek_text!r}, own_address={FOLLOWER!r})
 checked = j.join_preflight(user=admin)
@@ -169,7 +169,7 @@ result = JoinRequest.objects.get(follower_address={FOLLOWER!r}, state="pending")
         for approver in ("approver-1", "approver-2"):
             vote_returned = run(leader, USERS + f"""
 import time
-from pamportal.cluster import services as cs
+from pamportal.cluster import requests as cs
 a = user({approver!r}, Role.APPROVER)
 r = cs.join_request_vote(request_id={request_pk}, user=a, decision="approve", totp_code=code(a, 0))
 result = [time.time(), r.state]
@@ -199,22 +199,24 @@ class EtcdBaseline:
     """A one-member etcd on 127.0.0.33 that learners join and leave."""
 
     def __init__(self, root: Path):
-        from pamportal.cluster import etcd_member
-        from tests.cluster.etcd_support import ThrowawayCA, pick_ports
+        from pamportal.cluster import etcd_process
+        from tests.cluster import etcd_support
+        from tests.cluster.etcd_support import EtcdTestClient, ThrowawayCA, pick_ports
 
-        self.em = etcd_member
+        self.em = etcd_process
+        self.support = etcd_support
         self.root = root
         self.ca = ThrowawayCA(root / "ca")
-        names = etcd_member.certificate_addresses(BASELINE_ADDRESS)
+        names = etcd_process.certificate_addresses(BASELINE_ADDRESS)
         self.node = self.ca.issue("node", names)
         self.client_cert = self.ca.issue("client", [], server=False, client=True)
         self.procs = []
         cport, pport = pick_ports(BASELINE_ADDRESS)
-        cfg = self._config("base", cport, pport, f"base={etcd_member.peer_url(BASELINE_ADDRESS, pport)}", "new")
+        cfg = self._config("base", cport, pport, f"base={etcd_process.peer_url(BASELINE_ADDRESS, pport)}", "new")
         proc = self._start(cfg)
-        self.client = self.em.EtcdClient([cfg.client_url], str(self.ca.ca_file), str(self.client_cert.cert_file),
-                                         str(self.client_cert.key_file), timeout=5)
-        etcd_member.wait_healthy(self.client, timeout=30, proc=proc)
+        self.client = EtcdTestClient([cfg.client_url], str(self.ca.ca_file), str(self.client_cert.cert_file),
+                                     str(self.client_cert.key_file), timeout=5)
+        etcd_support.wait_healthy(self.client, timeout=30, proc=proc)
 
     def _config(self, name, cport, pport, initial_cluster, state):
         return self.em.MemberConfig(
@@ -224,7 +226,7 @@ class EtcdBaseline:
         )
 
     def _start(self, cfg):
-        proc = self.em.start(cfg, self.root / f"{cfg.name}.log")
+        proc = self.support.start(cfg, self.root / f"{cfg.name}.log")
         self.procs.append(proc)
         return proc
 
@@ -238,7 +240,7 @@ class EtcdBaseline:
         new, members = self.client.member_add([self.em.peer_url(BASELINE_ADDRESS, pport)], learner=True, wait=10)
         cfg = self._config(name, cport, pport, self.em.initial_cluster_for_join(members, new.id, name), "existing")
         proc = self._start(cfg)
-        self.em.wait_healthy(self.client, timeout=30, endpoint=cfg.client_url, proc=proc, interval=0.05)
+        self.support.wait_healthy(self.client, timeout=30, endpoint=cfg.client_url, proc=proc, interval=0.05)
         deadline = time.monotonic() + 30
         while not self.client.learner_in_sync(cfg.client_url):
             if time.monotonic() > deadline:
@@ -250,13 +252,13 @@ class EtcdBaseline:
         elapsed = time.monotonic() - began
         # Leave the cluster as it was for the next cycle.
         self.client.member_remove(new.id, wait=10)
-        self.em.stop(proc)
+        self.support.stop(proc)
         shutil.rmtree(cfg.data_dir, ignore_errors=True)
         return elapsed
 
     def stop(self):
         for proc in self.procs:
-            self.em.stop(proc)
+            self.support.stop(proc)
 
 
 # --- report -------------------------------------------------------------------------------

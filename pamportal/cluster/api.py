@@ -16,8 +16,12 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_POST
 
-from . import conf, protocol, services
+from pamportal.nodes.selectors import node_address, node_current
+
+from . import conf, protocol
 from .models import Decision, RequestState
+from .refusals import ClusterRefused
+from .requests import join_refusal_record, join_request_create, join_request_for_poll
 
 
 def _refusal(code: str, message: str) -> JsonResponse:
@@ -46,11 +50,11 @@ def join(request):
         body = request.read(limit + 1)
         payload = protocol.parse_join(protocol.loads_strict(body, max_bytes=limit))
     except protocol.ProtocolError as error:
-        services.join_refusal_record(code=error.code, message=error.message, source_ip=_source_ip(request))
+        join_refusal_record(code=error.code, message=error.message, source_ip=_source_ip(request))
         return _refusal(error.code, error.message)
     try:
-        accepted = services.join_request_create(payload=payload, source_ip=_source_ip(request))
-    except services.ClusterRefused as refused:
+        accepted = join_request_create(payload=payload, source_ip=_source_ip(request))
+    except ClusterRefused as refused:
         return _refusal(refused.code, refused.message)
     join_request = accepted.request
     return JsonResponse({
@@ -103,8 +107,8 @@ def join_status_payload(join_request) -> dict:
 def join_status(request, request_id):
     """``GET api/setup/v1/join/<request_id>`` with ``Authorization: Bearer <poll_secret>``."""
     try:
-        join_request = services.join_request_for_poll(public_id=request_id, poll_secret=_bearer(request))
-    except services.ClusterRefused as refused:
+        join_request = join_request_for_poll(public_id=request_id, poll_secret=_bearer(request))
+    except ClusterRefused as refused:
         return _refusal(refused.code, refused.message)
     return JsonResponse(join_status_payload(join_request))
 
@@ -127,8 +131,6 @@ def leader_time(request):
 def heartbeat(request):
     """``GET api/delegation/v1/heartbeat``: this node is up, and who it is. Served only
     behind mutual TLS (cluster-CA client certificates), so the caller is a node."""
-    from pamportal.nodes.selectors import node_address, node_current
-
     node = node_current()
     return JsonResponse({
         "ok": True, "status": "ok", "address": node_address(node), "role": node.role,

@@ -8,6 +8,8 @@ else the environment variable of the same name, else the default below.
     PAM_DELEGATION_API_PORT        2391   the delegation API (every node, mutual TLS)
     PAM_BUNDLE_LIFETIME_HOURS      24     a joining bundle expires after this
     PAM_JOIN_WAIT_SECONDS          120    how long the join waits for the follower's etcd member
+    PAM_JOIN_POLL_INTERVAL         1      seconds between the join's looks at the etcd member
+    PAM_JOIN_FOLLOW_SECONDS        93600  (26 h) how long a follower follows its join on the leader
     PAM_ETCD_TIMEOUT_SECONDS       5      per etcd request
     PAM_HEARTBEAT_TIMEOUT_SECONDS  3      per delegation heartbeat
     PAM_SETUP_API_MAX_BODY         65536  bytes of a join request
@@ -15,21 +17,14 @@ else the environment variable of the same name, else the default below.
 
 from __future__ import annotations
 
-import os
 from datetime import timedelta
 from typing import Any, Callable
 
-from django.conf import settings
+from pamportal.core.config import setting
 
 
-def _read(name: str, default: Any, cast: Callable[[Any], Any]) -> Any:
-    full = f"PAM_{name}"
-    if hasattr(settings, full):
-        return cast(getattr(settings, full))
-    value = os.environ.get(full)
-    if value not in (None, ""):
-        return cast(value)
-    return default
+def _read(name: str, default: Any, kind: Callable[[Any], Any]) -> Any:
+    return setting(f"PAM_{name}", default, kind)
 
 
 def https_port() -> int:
@@ -73,6 +68,10 @@ def join_wait_seconds() -> float:
 
 def join_poll_interval() -> float:
     return _read("JOIN_POLL_INTERVAL", 1.0, float)
+
+
+def join_follow_seconds() -> float:
+    return _read("JOIN_FOLLOW_SECONDS", 26 * 3600.0, float)
 
 
 def etcd_timeout() -> float:

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
+from .selectors import may_vote, requests_awaiting_vote_count
+
 
 def pending_approvals(request) -> dict:
     user = getattr(request, "user", None)
     if user is None or not user.is_authenticated:
         return {}
-    from .selectors import may_vote, requests_awaiting_vote_count
-
     if not may_vote(user):
         return {}
     return {"cluster_pending_approvals": requests_awaiting_vote_count(user)}

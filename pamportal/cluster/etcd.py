@@ -11,7 +11,6 @@ Gateway facts worth knowing (etcd 3.4):
   :func:`format_member_id` convert.
 * Fields with their zero value are left out: a voting member has no ``isLearner``,
   a member that has not started yet has no ``name`` and no ``clientURLs``.
-* Keys and values of the KV API are base64.
 * Errors come back as a non-2xx answer with ``{"error": ..., "message": ...,
   "code": <grpc code>}``.
 * A learner refuses most client requests ("rpc not supported for learner"), so do
@@ -28,7 +27,6 @@ repeat (reads); for a membership change it raises :class:`EtcdUnavailable` with
 
 from __future__ import annotations
 
-import base64
 import http.client
 import json
 import socket
@@ -36,7 +34,6 @@ import ssl
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -121,18 +118,27 @@ class LearnerRPCUnsupported(EtcdError):
     """The endpoint is a learner, which serves only status/health-like requests."""
 
 
-# etcd's error text -> exception class (first match wins)
+# etcd 3.4's own texts (api/v3rpc/rpctypes), as the gateway returns them -> exception
+# class. Matched case-sensitively as whole texts; checked in this order, so a text that
+# contains another (the learner "in sync" one) is tried first.
 _ERROR_CLASSES: list[tuple[str, type[EtcdError]]] = [
-    ("can only promote a learner member which is in sync with leader", LearnerNotReady),
-    ("can only promote a learner member", MemberNotLearner),
-    ("member not found", MemberNotFound),
-    ("id not found", MemberNotFound),
-    ("too many learner members in cluster", TooManyLearners),
-    ("peerurl exists", PeerURLExists),
-    ("not enough started members", NotEnoughStartedMembers),
-    ("unhealthy cluster", UnhealthyCluster),
-    ("rpc not supported for learner", LearnerRPCUnsupported),
+    ("etcdserver: can only promote a learner member which is in sync with leader", LearnerNotReady),
+    ("etcdserver: can only promote a learner member", MemberNotLearner),
+    ("etcdserver: member not found", MemberNotFound),
+    ("membership: ID not found", MemberNotFound),
+    ("etcdserver: too many learner members in cluster", TooManyLearners),
+    ("etcdserver: Peer URLs already exists", PeerURLExists),
+    ("etcdserver: re-configuration failed due to not enough started members", NotEnoughStartedMembers),
+    ("etcdserver: unhealthy cluster", UnhealthyCluster),
+    ("etcdserver: rpc not supported for learner", LearnerRPCUnsupported),
 ]
+
+
+def _error_class(message: str) -> type[EtcdError]:
+    for text, candidate in _ERROR_CLASSES:
+        if message == text or message.endswith(text):
+            return candidate
+    return EtcdError
 
 
 def _error_from_body(status: int, body: bytes, endpoint: str) -> EtcdError:
@@ -146,13 +152,7 @@ def _error_from_body(status: int, body: bytes, endpoint: str) -> EtcdError:
         message = str(data.get("message") or data.get("error") or message)
         if isinstance(data.get("code"), int):
             code = data["code"]
-    lowered = message.lower()
-    cls: type[EtcdError] = EtcdError
-    for needle, candidate in _ERROR_CLASSES:
-        if needle in lowered:
-            cls = candidate
-            break
-    return cls(code, message, http_status=status, endpoint=endpoint)
+    return _error_class(message.strip())(code, message, http_status=status, endpoint=endpoint)
 
 
 # ---------------------------------------------------------------------------------
@@ -220,7 +220,7 @@ class Member:
 
 
 @dataclass(frozen=True)
-class Status:
+class EtcdStatus:
     endpoint: str
     member_id: int
     leader: int
@@ -238,7 +238,7 @@ class Status:
         return self.member_id != 0 and self.member_id == self.leader
 
     @classmethod
-    def from_json(cls, endpoint: str, data: dict[str, Any]) -> Status:
+    def from_json(cls, endpoint: str, data: dict[str, Any]) -> EtcdStatus:
         header = data.get("header") or {}
 
         def num(key: str, source: dict[str, Any] = data) -> int:
@@ -260,72 +260,7 @@ class Status:
 
 
 # ---------------------------------------------------------------------------------
-# Quorum arithmetic (pure)
-
-
-def quorum(voting_members: int) -> int:
-    """Votes needed to commit in a configuration of ``voting_members`` voters."""
-    if voting_members < 0:
-        raise ValueError("negative member count")
-    return voting_members // 2 + 1
-
-
-def failure_tolerance(voting_members: int) -> int:
-    """How many voting members may fail with the cluster still available: (n-1)//2."""
-    if voting_members < 0:
-        raise ValueError("negative member count")
-    return max(0, (voting_members - 1) // 2)
-
-
-def quorum_ok_after_remove(
-    members: Iterable[Member], member_id: int, healthy_ids: Iterable[int] | None = None
-) -> bool:
-    """May ``member_id`` be removed without losing quorum?
-
-    Removing a learner never affects quorum. For a voter, the change itself must be
-    committed by the *current* configuration, so the healthy voters that remain must
-    still reach the current quorum. ``healthy_ids`` are the members known to be
-    healthy; when omitted, every started voter counts as healthy. An id that is not
-    a member changes nothing (True; etcd will answer "member not found").
-
-    3 healthy voters, remove one -> 2 >= 2: yes. 3 voters with one dead, remove the
-    dead one -> yes; remove a healthy one -> 1 < 2: no. 2 voters -> no. 1 voter -> no.
-    """
-    members = list(members)
-    target = next((m for m in members if m.id == member_id), None)
-    if target is None or target.is_learner:
-        return True
-    voters = [m for m in members if m.is_voter]
-    if healthy_ids is None:
-        healthy = {m.id for m in voters if m.started}
-    else:
-        healthy = set(healthy_ids)
-    remaining_healthy = sum(1 for m in voters if m.id != member_id and m.id in healthy)
-    return remaining_healthy >= quorum(len(voters))
-
-
-# ---------------------------------------------------------------------------------
 # The client
-
-
-def _b64(data: str | bytes) -> str:
-    if isinstance(data, str):
-        data = data.encode("utf-8")
-    return base64.b64encode(data).decode("ascii")
-
-
-def _unb64(text: str | None) -> bytes:
-    return base64.b64decode(text or "")
-
-
-def _prefix_end(prefix: bytes) -> bytes:
-    """etcd's range_end for "every key starting with prefix"."""
-    end = bytearray(prefix)
-    for i in range(len(end) - 1, -1, -1):
-        if end[i] < 0xFF:
-            end[i] += 1
-            return bytes(end[: i + 1])
-    return b"\x00"  # the whole key space
 
 
 def _reason(exc: BaseException) -> str:
@@ -493,23 +428,6 @@ class EtcdClient:
         )
         return [Member.from_json(m) for m in data.get("members", [])]
 
-    def promote_when_ready(self, member_id: int, *, timeout: float = 30.0, interval: float = 0.25) -> list[Member]:
-        """Promote, retrying on :class:`LearnerNotReady` until ``timeout`` seconds.
-
-        A promote that timed out after being sent may have succeeded: if the member
-        is already a voter we return the member list instead of failing.
-        """
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                return self.member_promote(member_id)
-            except MemberNotLearner:
-                return self.member_list()
-            except (LearnerNotReady, UnhealthyCluster, EtcdUnavailable) as exc:
-                if time.monotonic() + interval > deadline:
-                    raise exc
-            time.sleep(interval)
-
     # -- health and status ------------------------------------------------------------
     def health(self, endpoint: str | None = None) -> tuple[bool, str]:
         """``GET /health`` on one endpoint (default: the first). Never raises for an
@@ -523,48 +441,7 @@ class EtcdClient:
         detail = str(data.get("reason") or ("healthy" if ok else json.dumps(data)))
         return ok, detail
 
-    def status(self, endpoint: str | None = None) -> Status:
+    def status(self, endpoint: str | None = None) -> EtcdStatus:
         """``POST /v3/maintenance/status`` on one endpoint (default: the first)."""
         ep = endpoint or self.endpoints[0]
-        return Status.from_json(ep, self._call("POST", "/v3/maintenance/status", {}, endpoint=ep))
-
-    def learner_in_sync(self, learner_endpoint: str, *, slack: int = 0) -> bool:
-        """True when the learner's applied raft index has reached the leader's raft
-        index (within ``slack``). etcd's own promote check is looser (90 %)."""
-        mine = self.status(learner_endpoint)
-        leader_status = None
-        for ep in self.endpoints:
-            if ep.rstrip("/") == learner_endpoint.rstrip("/"):
-                continue
-            try:
-                st = self.status(ep)
-            except EtcdException:
-                continue
-            if st.is_leader:
-                leader_status = st
-                break
-            leader_status = leader_status or st
-        if leader_status is None:
-            return False
-        return mine.raft_applied_index + slack >= leader_status.raft_index
-
-    # -- KV ---------------------------------------------------------------------------
-    def put(self, key: str | bytes, value: str | bytes) -> int:
-        """Store a value; returns the new revision."""
-        data = self._call("POST", "/v3/kv/put", {"key": _b64(key), "value": _b64(value)})
-        return int((data.get("header") or {}).get("revision", 0))
-
-    def get(self, key: str | bytes) -> bytes | None:
-        data = self._call("POST", "/v3/kv/range", {"key": _b64(key)})
-        kvs = data.get("kvs") or []
-        return _unb64(kvs[0].get("value")) if kvs else None
-
-    def get_prefix(self, prefix: str | bytes) -> dict[bytes, bytes]:
-        raw = prefix.encode() if isinstance(prefix, str) else prefix
-        data = self._call("POST", "/v3/kv/range", {"key": _b64(raw), "range_end": _b64(_prefix_end(raw))})
-        return {_unb64(kv.get("key")): _unb64(kv.get("value")) for kv in data.get("kvs") or []}
-
-    def delete(self, key: str | bytes) -> int:
-        """Delete one key; returns how many keys were deleted (0 or 1)."""
-        data = self._call("POST", "/v3/kv/deleterange", {"key": _b64(key)})
-        return int(data.get("deleted", 0) or 0)
+        return EtcdStatus.from_json(ep, self._call("POST", "/v3/maintenance/status", {}, endpoint=ep))

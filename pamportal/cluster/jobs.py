@@ -12,6 +12,7 @@ the request failed with the reason.
 
 from __future__ import annotations
 
+import ipaddress
 import socket
 import time
 
@@ -20,12 +21,23 @@ from django.utils import timezone
 
 from pamportal.audit.actions import AuditAction, Outcome
 from pamportal.audit.services import audit_record
+from pamportal.crypto import ca
+from pamportal.jobs.choices import Status
 from pamportal.jobs.registry import JobKind, StepSpec, register
+from pamportal.nodes import keystore
+from pamportal.nodes.models import SEAL_PURPOSE, CertificateKind, NodeRole
 
-from . import conf, membership, services
+from . import conf, connections
+from .bundles import BUNDLE_KIND, bundle_build
 from .etcd import EtcdException, LearnerNotReady, MemberNotLearner
-from .local_member import member_name
+from .etcd_process import certificate_addresses, initial_cluster_for_join
+from .local_etcd import member_name
+from .members import ca_row, certificate_revoke, leader_member_ensure, node_locked
 from .models import ClusterMember, JoinRequest, MemberRole, MemberState, RemovalRequest, RequestState
+from .quorum import quorum_ok_after_remove
+from .refusals import request_target
+from .removal import REMOVABLE_STATES, REMOVE_KIND
+from .requests import JOIN_KIND, request_changed
 
 
 class JoinFailure(RuntimeError):
@@ -38,14 +50,14 @@ class RequestClosed(RuntimeError):
 
 # --- the bundle -----------------------------------------------------------------------------
 def _bundle_build(ctx) -> dict:
-    result = services.bundle_build(bundle_pk=ctx.params["bundle_id"])
+    result = bundle_build(bundle_pk=ctx.params["bundle_id"])
     ctx.log(f"bundle {result['bundle_id']}: " + ("file written" if "bytes" in result else
                                                  result.get("skipped", "already written")))
     return result
 
 
 BUNDLE = register(JobKind(
-    name=services.BUNDLE_KIND, title="Joining bundle",
+    name=BUNDLE_KIND, title="Joining bundle",
     steps=(StepSpec("build", "Write the encrypted bundle file", _bundle_build, max_attempts=2),),
 ))
 
@@ -63,19 +75,11 @@ def _ensure_running(request: JoinRequest) -> None:
         raise RequestClosed(f"the join request is {request.get_state_display().lower()}")
 
 
-def _target(request: JoinRequest) -> str:
-    return f"join-request:{request.public_id}"
-
-
 def _names_for(address: str) -> list[str]:
     """The follower's address and the IPs it resolves to (best effort, bounded), plus
     what etcd needs for peers on loopback aliases (see ``certificate_addresses``)."""
-    from .etcd_member import certificate_addresses
-
     names = [address]
     try:
-        import ipaddress
-
         ipaddress.ip_address(address)
         return list(dict.fromkeys(names + certificate_addresses(address)))
     except ValueError:
@@ -106,11 +110,11 @@ def join_undo(*, request_id: int, reason: str, log=None) -> bool:
     problems: list[str] = []
     removed = False
     try:
-        client = membership.etcd_client()
+        client = connections.etcd_client()
         members = client.member_list()
-        target = membership.find_member(members, member_id=member_id or None, address=address)
+        target = connections.find_member(members, member_id=member_id or None, address=address)
         # Only ever the follower's own member: never one with another peer URL.
-        if target is not None and membership.member_peer_url(address) in target.peer_urls:
+        if target is not None and connections.member_peer_url(address) in target.peer_urls:
             client.member_remove(target.id, wait=10)
             removed = True
             say(f"etcd member {target.hex_id} ({address}) removed")
@@ -121,7 +125,7 @@ def join_undo(*, request_id: int, reason: str, log=None) -> bool:
         request = _request(request_id, lock=True)
         if request.state not in undoable:
             return False
-        revoked = services.certificate_revoke(serial=request.cert_serial, address=address,
+        revoked = certificate_revoke(serial=request.cert_serial, address=address,
                                               reason=f"join failed: {reason}")
         ClusterMember.objects.filter(address=address, role=MemberRole.FOLLOWER,
                                      state__in=[MemberState.JOINING]).update(state=MemberState.FAILED)
@@ -132,7 +136,7 @@ def join_undo(*, request_id: int, reason: str, log=None) -> bool:
         request.finished_at = request.finished_at or timezone.now()
         request.save(update_fields=["state", "failure_reason", "finished_at"])
         if first or removed or revoked:
-            audit_record(action=AuditAction.CLUSTER_JOIN_FAILED, target=_target(request), outcome=Outcome.FAILED,
+            audit_record(action=AuditAction.CLUSTER_JOIN_FAILED, target=request_target(request), outcome=Outcome.FAILED,
                          details={"reason": reason[:2000], "learner_removed": removed, "certificate_revoked": revoked,
                                   "problems": problems, "address": address})
     return True
@@ -165,26 +169,22 @@ def _guarded(step):
 
 # --- the join steps ----------------------------------------------------------------------------
 def _sign(ctx, request_id: int) -> dict:
-    from pamportal.crypto import ca
-    from pamportal.nodes import keystore
-    from pamportal.nodes.models import SEAL_PURPOSE, CertificateKind
-
     request = _request(request_id)
     _ensure_running(request)
     names = _names_for(request.follower_address)  # DNS outside the transaction
     with transaction.atomic():
-        node = services._node_locked()  # lock order: the node row, then the request
+        node = node_locked()  # lock order: the node row, then the request
         request = _request(request_id, lock=True)
         _ensure_running(request)
-        if services.request_changed(request):
+        if request_changed(request):
             raise JoinFailure("the request changed after the votes were cast (its hash no longer matches)")
         if request.cert_pem:
             ctx.log(f"certificate {request.cert_serial} was already issued")
             return {"serial": request.cert_serial, "again": True}
-        services.leader_member_ensure(node)
-        ca_row = services._ca_row()
-        ca_key = keystore.unseal(purpose=SEAL_PURPOSE[CertificateKind.CLUSTER_CA], sealed=ca_row.sealed_key)
-        cert_pem = ca.sign_csr(ca_cert_pem=ca_row.cert_pem.encode(), ca_key_pem=ca_key,
+        leader_member_ensure(node)
+        ca_cert = ca_row()
+        ca_key = keystore.unseal(purpose=SEAL_PURPOSE[CertificateKind.CLUSTER_CA], sealed=ca_cert.sealed_key)
+        cert_pem = ca.sign_csr(ca_cert_pem=ca_cert.cert_pem.encode(), ca_key_pem=ca_key,
                                csr_pem=request.csr_pem.encode(), names=names)
         info = ca.certificate_info(cert_pem)
         member = ClusterMember.objects.select_for_update().filter(address=request.follower_address).first()
@@ -202,10 +202,10 @@ def _sign(ctx, request_id: int) -> dict:
         member.save()
         request.cert_pem = cert_pem.decode()
         request.cert_serial = f"{info.serial:x}"
-        request.ca_pem = ca_row.cert_pem
+        request.ca_pem = ca_cert.cert_pem
         request.state = RequestState.RUNNING
         request.save(update_fields=["cert_pem", "cert_serial", "ca_pem", "state"])
-        audit_record(action=AuditAction.CLUSTER_JOIN_CERT_ISSUED, target=_target(request),
+        audit_record(action=AuditAction.CLUSTER_JOIN_CERT_ISSUED, target=request_target(request),
                      details={"serial": request.cert_serial, "names": names, "sha256": info.sha256,
                               "not_after": info.not_after.isoformat()})
     ctx.log(f"certificate {request.cert_serial} issued for {', '.join(names)}")
@@ -217,16 +217,16 @@ def _learner(ctx, request_id: int) -> dict:
     _ensure_running(request)
     if not request.cert_pem:
         raise JoinFailure("no certificate was issued before the learner step")
-    client = membership.etcd_client()
+    client = connections.etcd_client()
     members = client.member_list()
-    peer = membership.member_peer_url(request.follower_address)
+    peer = connections.member_peer_url(request.follower_address)
     if request.etcd_member_id:
-        found = membership.find_member(members, member_id=request.etcd_member_id)
+        found = connections.find_member(members, member_id=request.etcd_member_id)
         if found is None:
             raise JoinFailure(f"the learner {request.etcd_member_id} is no longer in etcd")
         ctx.log(f"the learner {found.hex_id} was already added")
         return {"member_id": request.etcd_member_id, "again": True}
-    existing = membership.find_member(members, address=request.follower_address)
+    existing = connections.find_member(members, address=request.follower_address)
     if existing is not None:
         # A learner this join added before its worker died, found by its peer URL.
         member = existing
@@ -243,21 +243,19 @@ def _learner(ctx, request_id: int) -> dict:
         request.etcd_member_name = member_name(request.follower_address)
         request.save(update_fields=["etcd_member_id", "etcd_member_name"])
         ClusterMember.objects.filter(address=request.follower_address).update(etcd_member_id=str(member.id))
-        audit_record(action=AuditAction.CLUSTER_JOIN_LEARNER_ADDED, target=_target(request),
+        audit_record(action=AuditAction.CLUSTER_JOIN_LEARNER_ADDED, target=request_target(request),
                      details={"member_id": str(member.id), "hex_id": member.hex_id, "peer_url": peer,
                               "adopted": existing is not None})
     return {"member_id": str(member.id), "hex_id": member.hex_id}
 
 
 def _handover(ctx, request_id: int) -> dict:
-    from .etcd_member import initial_cluster_for_join
-
     request = _request(request_id)
     _ensure_running(request)
     if not request.etcd_member_id:
         raise JoinFailure("no learner was added before the handover")
-    members = membership.etcd_client().member_list()
-    if membership.find_member(members, member_id=request.etcd_member_id) is None:
+    members = connections.etcd_client().member_list()
+    if connections.find_member(members, member_id=request.etcd_member_id) is None:
         raise JoinFailure(f"the learner {request.etcd_member_id} is no longer in etcd")
     initial = initial_cluster_for_join(members, int(request.etcd_member_id), request.etcd_member_name)
     with transaction.atomic():
@@ -268,7 +266,7 @@ def _handover(ctx, request_id: int) -> dict:
         request.handed_over_at = request.handed_over_at or timezone.now()
         request.save(update_fields=["etcd_initial_cluster", "handed_over_at"])
         if first:
-            audit_record(action=AuditAction.CLUSTER_JOIN_HANDED_OVER, target=_target(request),
+            audit_record(action=AuditAction.CLUSTER_JOIN_HANDED_OVER, target=request_target(request),
                          details={"initial_cluster": initial, "member_name": request.etcd_member_name})
     ctx.log(f"handed over; the follower starts its member with --initial-cluster {initial}")
     return {"initial_cluster": initial}
@@ -280,7 +278,7 @@ def _promote(ctx, request_id: int) -> dict:
     wait = conf.join_wait_seconds()
     interval = max(0.01, conf.join_poll_interval())
     deadline = time.monotonic() + wait
-    client = membership.etcd_client()
+    client = connections.etcd_client()
     started = False
     last_problem = ""
     for _ in range(int(wait / interval) + 2):  # bounded, and by the deadline too
@@ -291,7 +289,7 @@ def _promote(ctx, request_id: int) -> dict:
         except EtcdException as exc:
             members, last_problem = None, str(exc)
         if members is not None:
-            member = membership.find_member(members, member_id=request.etcd_member_id)
+            member = connections.find_member(members, member_id=request.etcd_member_id)
             if member is None:
                 raise JoinFailure(f"the learner {request.etcd_member_id} is no longer in etcd")
             if member.is_voter:
@@ -321,16 +319,14 @@ def _promote(ctx, request_id: int) -> dict:
     with transaction.atomic():
         request = _request(request_id, lock=True)
         _ensure_running(request)
-        audit_record(action=AuditAction.CLUSTER_JOIN_PROMOTED, target=_target(request),
+        audit_record(action=AuditAction.CLUSTER_JOIN_PROMOTED, target=request_target(request),
                      details={"member_id": request.etcd_member_id})
     return {"member_id": request.etcd_member_id, "promoted": True}
 
 
 def _activate(ctx, request_id: int) -> dict:
-    from pamportal.nodes.models import NodeRole
-
     with transaction.atomic():
-        node = services._node_locked()
+        node = node_locked()
         request = _request(request_id, lock=True)
         if request.state == RequestState.DONE:
             return {"again": True}
@@ -346,7 +342,7 @@ def _activate(ctx, request_id: int) -> dict:
         request.state = RequestState.DONE
         request.finished_at = now
         request.save(update_fields=["state", "finished_at"])
-        audit_record(action=AuditAction.CLUSTER_JOINED, target=_target(request),
+        audit_record(action=AuditAction.CLUSTER_JOINED, target=request_target(request),
                      details={"address": request.follower_address, "version": request.follower_version,
                               "member_id": request.etcd_member_id, "certificate_serial": request.cert_serial})
     ctx.log(f"{request.follower_address} is an active member of the cluster")
@@ -354,7 +350,7 @@ def _activate(ctx, request_id: int) -> dict:
 
 
 JOIN = register(JobKind(
-    name=services.JOIN_KIND, title="Join a node to the cluster",
+    name=JOIN_KIND, title="Join a node to the cluster",
     steps=(
         StepSpec("sign", "Sign the node's certificate with the cluster CA", _guarded(_sign), max_attempts=2),
         StepSpec("learner", "Add the node to etcd as a learner", _guarded(_learner), max_attempts=2),
@@ -369,8 +365,6 @@ JOIN = register(JobKind(
 def joins_reconcile() -> int:
     """Undo joins whose job ended without success in a way no step could catch (a
     worker killed on its last attempt, a cancelled job). Periodic."""
-    from pamportal.jobs.choices import Status
-
     count = 0
     stuck = JoinRequest.objects.filter(
         state__in=[RequestState.APPROVED, RequestState.RUNNING],
@@ -386,8 +380,6 @@ def joins_reconcile() -> int:
 
 # --- removing a node ------------------------------------------------------------------------
 def _remove(ctx) -> dict:
-    from .etcd import quorum_ok_after_remove
-
     request_id = ctx.params["request_id"]
     with transaction.atomic():
         request = RemovalRequest.objects.select_for_update(of=("self",)).select_related("member").get(pk=request_id)
@@ -395,21 +387,25 @@ def _remove(ctx) -> dict:
             return {"again": True}
         if request.state not in (RequestState.APPROVED, RequestState.RUNNING):
             raise RuntimeError(f"the removal request is {request.get_state_display().lower()}")
-        if services.request_changed(request):
+        if request_changed(request):
             request.state = RequestState.FAILED
             request.failure_reason = "the request changed after the votes were cast"
             request.finished_at = timezone.now()
             request.save(update_fields=["state", "failure_reason", "finished_at"])
-            audit_record(action=AuditAction.CLUSTER_REMOVAL_FAILED, target=f"removal-request:{request.public_id}",
+            audit_record(action=AuditAction.CLUSTER_REMOVAL_FAILED, target=request_target(request),
                          outcome=Outcome.FAILED, details={"reason": request.failure_reason})
             return {"failed": request.failure_reason}
         request.state = RequestState.RUNNING
         request.save(update_fields=["state"])
-        ClusterMember.objects.filter(pk=request.member_id).update(state=MemberState.REMOVING)
+        member = ClusterMember.objects.select_for_update().get(pk=request.member_id)
+        # What a failed removal puts the member back to. A re-run after a dead worker
+        # finds it removing already and no longer knows: active, as it is likeliest.
+        previous = member.state if member.state in REMOVABLE_STATES else MemberState.ACTIVE
+        ClusterMember.objects.filter(pk=member.pk).update(state=MemberState.REMOVING)
     try:
-        client = membership.etcd_client()
+        client = connections.etcd_client()
         members = client.member_list()
-        target = membership.find_member(members, member_id=request.etcd_member_id or None, address=request.address)
+        target = connections.find_member(members, member_id=request.etcd_member_id or None, address=request.address)
         if target is not None:
             if not quorum_ok_after_remove(members, target.id):
                 raise RuntimeError("removing it now would lose quorum")
@@ -425,30 +421,29 @@ def _remove(ctx) -> dict:
             request.failure_reason = reason[:2000]
             request.finished_at = timezone.now()
             request.save(update_fields=["state", "failure_reason", "finished_at"])
-            ClusterMember.objects.filter(pk=request.member_id, state=MemberState.REMOVING).update(
-                state=MemberState.ACTIVE)
-            audit_record(action=AuditAction.CLUSTER_REMOVAL_FAILED, target=f"removal-request:{request.public_id}",
+            ClusterMember.objects.filter(pk=request.member_id, state=MemberState.REMOVING).update(state=previous)
+            audit_record(action=AuditAction.CLUSTER_REMOVAL_FAILED, target=request_target(request),
                          outcome=Outcome.FAILED, details={"reason": reason[:2000]})
         raise
     with transaction.atomic():
         request = RemovalRequest.objects.select_for_update(of=("self",)).select_related("member").get(pk=request_id)
         now = timezone.now()
         member = request.member
-        services.certificate_revoke(serial=member.cert_serial, address=member.address,
+        certificate_revoke(serial=member.cert_serial, address=member.address,
                                     reason=f"removed from the cluster: {request.reason}")
         ClusterMember.objects.filter(pk=member.pk).update(state=MemberState.REMOVED, removed_at=now,
                                                           etcd_member_id="")
         request.state = RequestState.DONE
         request.finished_at = now
         request.save(update_fields=["state", "finished_at"])
-        audit_record(action=AuditAction.CLUSTER_NODE_REMOVED, target=f"removal-request:{request.public_id}",
+        audit_record(action=AuditAction.CLUSTER_NODE_REMOVED, target=request_target(request),
                      details={"address": member.address, "reason": request.reason,
                               "certificate_serial": member.cert_serial})
     return {"removed": request.address}
 
 
 REMOVE = register(JobKind(
-    name=services.REMOVE_KIND, title="Remove a node from the cluster",
+    name=REMOVE_KIND, title="Remove a node from the cluster",
     steps=(StepSpec("remove", "Remove the etcd member and revoke the certificate", _remove, max_attempts=2),),
 ))
 

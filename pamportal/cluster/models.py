@@ -217,3 +217,6 @@ class RevokedCertificate(models.Model):
 
     class Meta:
         ordering = ["-revoked_at"]
+
+
+from .follower_models import FollowerJoin, JoinState  # noqa: E402,F401  the follower's half of a join

@@ -8,7 +8,6 @@ the messages a follower shows.
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -128,29 +127,41 @@ def feature_version_compatible(leader_feature: str, follower: str) -> bool:
     return (int(match[1]), int(match[2])) == parse_version(follower)[:2]
 
 
+def _bad_request(detail: str) -> ProtocolError:
+    return ProtocolError("bad_request", refusal_message("bad_request", detail))
+
+
+def _refusal_of(refused: strictjson.Refused, body: bytes) -> ProtocolError:
+    """The setup API's code and message for what ``strictjson.load`` refused."""
+    code = refused.code
+    if code == strictjson.TOO_DEEP:
+        return ProtocolError("too_deep", refusal_message("too_deep", str(MAX_DEPTH)))
+    if code == strictjson.DUPLICATE_KEY:
+        return _bad_request("a field appears twice")
+    if code in (strictjson.LONE_SURROGATE, strictjson.NUL_CHARACTER):
+        return ProtocolError(code, refusal_message(code, refused.where))
+    if code == strictjson.NUMBER_TOO_LARGE:
+        return ProtocolError("number_too_large", refusal_message("number_too_large", refused.detail))
+    if code == strictjson.NOT_UTF8:
+        try:
+            body.decode("utf-8")
+        except UnicodeDecodeError:
+            return _bad_request("the body is not UTF-8")
+        return _bad_request("the body is not JSON")  # UTF-8 with a NUL byte: never JSON
+    if code == strictjson.NOT_JSON and not refused.detail:
+        return _bad_request("NaN and Infinity are not allowed in JSON")
+    return _bad_request("the body is not JSON")  # not JSON, or a byte-order mark before it
+
+
 def loads_strict(body: bytes, *, max_bytes: int) -> Any:
     """JSON from a request body: bounded in size and depth, UTF-8, no duplicate keys,
     no NaN/Infinity, no huge numbers, no lone surrogate or NUL in any key or text."""
     if len(body) > max_bytes:
         raise ProtocolError("too_large", refusal_message("too_large", str(max_bytes)))
     try:
-        text = body.decode("utf-8")
-    except UnicodeDecodeError:
-        raise ProtocolError("bad_request", refusal_message("bad_request", "the body is not UTF-8")) from None
-    if strictjson.too_deep(text, MAX_DEPTH):
-        raise ProtocolError("too_deep", refusal_message("too_deep", str(MAX_DEPTH)))
-    try:
-        return strictjson.loads(text)
-    except strictjson.DuplicateKey:
-        raise ProtocolError("bad_request", refusal_message("bad_request", "a field appears twice")) from None
-    except strictjson.BadText as bad:
-        raise ProtocolError(bad.problem, refusal_message(bad.problem, bad.where)) from None
-    except strictjson.NumberTooLarge as large:
-        raise ProtocolError("number_too_large", refusal_message("number_too_large", str(large))) from None
-    except json.JSONDecodeError:
-        raise ProtocolError("bad_request", refusal_message("bad_request", "the body is not JSON")) from None
-    except (ValueError, RecursionError):  # NaN, Infinity
-        raise ProtocolError("bad_request", refusal_message("bad_request", "NaN and Infinity are not allowed in JSON")) from None
+        return strictjson.load(body, max_depth=MAX_DEPTH)
+    except strictjson.Refused as refused:
+        raise _refusal_of(refused, body) from None
 
 
 @dataclass(frozen=True)
@@ -172,25 +183,22 @@ class JoinPayload:
 def parse_join(data: Any) -> JoinPayload:
     """Check the join request's shape: exactly JOIN_FIELDS, strings where strings go
     (bounded), preflight_summary an object. The meaning is checked by the leader."""
-    def bad(detail: str) -> ProtocolError:
-        return ProtocolError("bad_request", refusal_message("bad_request", detail))
-
     if not isinstance(data, dict):
-        raise bad("the body must be a JSON object")
+        raise _bad_request("the body must be a JSON object")
     missing = sorted(JOIN_FIELDS - data.keys())
     extra = sorted(data.keys() - JOIN_FIELDS)
     if missing:
-        raise bad(f"missing field{'s' if len(missing) > 1 else ''} {', '.join(missing)}")
+        raise _bad_request(f"missing field{'s' if len(missing) > 1 else ''} {', '.join(missing)}")
     if extra:
-        raise bad(f"unknown field{'s' if len(extra) > 1 else ''} {', '.join(extra)}")
+        raise _bad_request(f"unknown field{'s' if len(extra) > 1 else ''} {', '.join(extra)}")
     for name, limit in _MAX_TEXT.items():
         value = data[name]
         if not isinstance(value, str) or not value:
-            raise bad(f"{name} must be a non-empty string")
+            raise _bad_request(f"{name} must be a non-empty string")
         if len(value) > limit:
-            raise bad(f"{name} is longer than {limit} characters")
+            raise _bad_request(f"{name} is longer than {limit} characters")
     if not isinstance(data["preflight_summary"], dict):
-        raise bad("preflight_summary must be an object")
+        raise _bad_request("preflight_summary must be an object")
     return JoinPayload(
         bundle_id=data["bundle_id"], token=data["token"], follower_address=normalize_address(data["follower_address"]),
         follower_version=data["follower_version"], csr_pem=data["csr_pem"],

@@ -5,12 +5,16 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+from django.conf import settings
 from django.db.models import BooleanField, Case, Exists, OuterRef, Prefetch, QuerySet, Value, When
 from django.http import Http404
 from django.utils import timezone
 
 from pamportal.accounts.roles import has_capability
+from pamportal.nodes.selectors import node_address, node_current
 
+from . import connections
+from .etcd import EtcdException
 from .models import (
     LIVE_MEMBER_STATES,
     OPEN_REQUEST_STATES,
@@ -25,9 +29,11 @@ from .models import (
     RemovalRequest,
     RequestState,
 )
+from .quorum import failure_tolerance
 
 
 def policy_current() -> ApprovalPolicy:
+    """The approval policy in force (its defaults while none was saved); never writes."""
     return ApprovalPolicy.objects.filter(pk=ApprovalPolicy.SINGLETON_PK).first() or ApprovalPolicy(
         pk=ApprovalPolicy.SINGLETON_PK)
 
@@ -180,26 +186,21 @@ def _layout(views: list[MemberView], size: int) -> list[tuple[int, int, int, int
 def cluster_overview(*, timeout: float = 2.0) -> ClusterOverview:
     """Every live member with its etcd state and health and the last heartbeat; the
     failure tolerance from etcd's voting members (or the members we know of)."""
-    from pamportal.nodes.selectors import node_address, node_current
-
-    from . import membership
-    from .etcd import EtcdException, failure_tolerance
-
     members = list(ClusterMember.objects.filter(state__in=[*LIVE_MEMBER_STATES, MemberState.FAILED])
                    .order_by("-role", "address"))
     if not any(m.role == MemberRole.LEADER for m in members):
         node = node_current()
         members.insert(0, ClusterMember(address=node_address(node), role=MemberRole.LEADER,
-                                        state=MemberState.ACTIVE, version=_version()))
+                                        state=MemberState.ACTIVE, version=settings.PAM_VERSION))
     views = [MemberView(member=m) for m in members]
     etcd_ok, detail, voting = False, "", None
     try:
-        client = membership.etcd_client(timeout=timeout)
+        client = connections.etcd_client(timeout=timeout)
         etcd_members = client.member_list()
         etcd_ok, detail = True, f"{len(etcd_members)} etcd member{'s' if len(etcd_members) != 1 else ''}"
         voting = sum(1 for m in etcd_members if m.is_voter)
         for view in views:
-            found = membership.find_member(etcd_members, member_id=view.member.etcd_member_id or None,
+            found = connections.find_member(etcd_members, member_id=view.member.etcd_member_id or None,
                                            address=view.member.address)
             if found is None:
                 view.etcd_state = "absent"
@@ -218,12 +219,6 @@ def cluster_overview(*, timeout: float = 2.0) -> ClusterOverview:
                            tolerance=failure_tolerance(voting),
                            tolerance_after_removal=failure_tolerance(max(0, voting - 1)),
                            diagram_size=size, links=links)
-
-
-def _version() -> str:
-    from django.conf import settings
-
-    return settings.PAM_VERSION
 
 
 def removable_members() -> QuerySet[ClusterMember]:

@@ -6,23 +6,24 @@ from celery import shared_task
 
 from pamportal.core.context import acting
 
+from .bundles import bundles_expire
+from .jobs import joins_reconcile
+from .members import members_heartbeat
+from .requests import requests_expire
+
 
 @shared_task(name="pamportal.cluster.tasks.housekeeping", acks_late=True, ignore_result=True)
 def housekeeping() -> dict:
     """Expire bundles and requests, and undo joins whose job died unseen."""
-    from . import jobs, services
-
     with acting(actor_id=None, actor_name="cluster housekeeping"):
         return {
-            "bundles_expired": services.bundles_expire(),
-            "requests_expired": services.requests_expire(),
-            "joins_undone": jobs.joins_reconcile(),
+            "bundles_expired": bundles_expire(),
+            "requests_expired": requests_expire(),
+            "joins_undone": joins_reconcile(),
         }
 
 
 @shared_task(name="pamportal.cluster.tasks.heartbeats", acks_late=True, ignore_result=True)
 def heartbeats() -> int:
-    from . import services
-
     with acting(actor_id=None, actor_name="cluster heartbeat"):
-        return services.members_heartbeat()
+        return members_heartbeat()

@@ -10,8 +10,15 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 
 from pamportal.accounts.decorators import require_capability
 
-from . import selectors, services
+from . import selectors
+from .bundles import bundle_download as bundle_download_service
+from .bundles import bundle_generate as bundle_generate_service
+from .bundles import bundle_revoke as bundle_revoke_service
 from .forms import BundleForm, PolicyForm, RemovalForm, VoteForm
+from .policy import policy_update
+from .refusals import ClusterRefused
+from .removal import removal_request_create
+from .requests import join_request_vote, removal_request_vote
 
 
 @require_capability("cluster.view")
@@ -38,8 +45,8 @@ def bundle_generate(request):
         messages.error(request, "Enter the follower's address.")
         return redirect("cluster:bundles")
     try:
-        bundle = services.bundle_generate(user=request.user, follower_address=form.cleaned_data["follower_address"])
-    except services.ClusterRefused as refused:
+        bundle = bundle_generate_service(user=request.user, follower_address=form.cleaned_data["follower_address"])
+    except ClusterRefused as refused:
         messages.error(request, refused.message)
     else:
         messages.success(request, f"A bundle for {bundle.follower_address} is being made; download it from the "
@@ -52,8 +59,8 @@ def bundle_generate(request):
 def bundle_download(request, bundle_id):
     selectors.access_bundle_by_id(request.user, bundle_id)
     try:
-        file = services.bundle_download(user=request.user, bundle_id=bundle_id)
-    except services.ClusterRefused as refused:
+        file = bundle_download_service(user=request.user, bundle_id=bundle_id)
+    except ClusterRefused as refused:
         messages.error(request, refused.message)
         return redirect("cluster:bundles")
     response = HttpResponse(file.data, content_type="application/json")
@@ -67,8 +74,8 @@ def bundle_download(request, bundle_id):
 def bundle_revoke(request, bundle_id):
     selectors.access_bundle_by_id(request.user, bundle_id)
     try:
-        bundle = services.bundle_revoke(user=request.user, bundle_id=bundle_id)
-    except services.ClusterRefused as refused:
+        bundle = bundle_revoke_service(user=request.user, bundle_id=bundle_id)
+    except ClusterRefused as refused:
         messages.error(request, refused.message)
     else:
         messages.success(request, f"The bundle for {bundle.follower_address} is revoked.")
@@ -84,7 +91,7 @@ def requests(request):
     })
 
 
-_VOTE_SERVICES = {"join": services.join_request_vote, "removal": services.removal_request_vote}
+_VOTE_SERVICES = {"join": join_request_vote, "removal": removal_request_vote}
 
 
 @require_capability("cluster.view")
@@ -97,7 +104,7 @@ def vote(request, kind: str, pk: int):
     try:
         result = _VOTE_SERVICES[kind](request_id=pk, user=request.user, decision=data.get("decision", ""),
                                       totp_code=data.get("totp_code", ""))
-    except services.ClusterRefused as refused:
+    except ClusterRefused as refused:
         messages.error(request, refused.message)
     else:
         messages.success(request, f"Your vote is recorded; the request is {result.get_state_display().lower()}.")
@@ -107,14 +114,14 @@ def vote(request, kind: str, pk: int):
 @require_capability("cluster.policy")
 @require_http_methods(["GET", "POST"])
 def policy(request):
-    current = services.policy_current()
+    current = selectors.policy_current()
     form = PolicyForm(request.POST or None, initial={
         "required_approvals": current.required_approvals, "approver_role": current.approver_role,
         "request_lifetime_hours": current.request_lifetime_hours})
     if request.method == "POST" and form.is_valid():
         try:
-            services.policy_update(user=request.user, **form.cleaned_data)
-        except services.ClusterRefused as refused:
+            policy_update(user=request.user, **form.cleaned_data)
+        except ClusterRefused as refused:
             messages.error(request, refused.message)
         else:
             messages.success(request, "The approval policy is changed; requests already made keep theirs.")
@@ -130,8 +137,8 @@ def member_remove(request, pk: int):
         messages.error(request, "Give a reason of at least 10 characters.")
         return redirect("cluster:overview")
     try:
-        services.removal_request_create(user=request.user, member_id=pk, reason=form.cleaned_data["reason"])
-    except services.ClusterRefused as refused:
+        removal_request_create(user=request.user, member_id=pk, reason=form.cleaned_data["reason"])
+    except ClusterRefused as refused:
         messages.error(request, refused.message)
     else:
         messages.success(request, "The removal is requested; it needs the approvals of the policy.")

@@ -7,11 +7,12 @@ nothing. Nothing here logs or returns the key in a printable form.
 
 from __future__ import annotations
 
-import os
+import hmac
 from pathlib import Path
 
 from django.conf import settings
 
+from pamportal.core.files import write_private
 from pamportal.crypto import mek
 
 
@@ -41,12 +42,7 @@ def mek_install(key: bytes) -> None:
     """Write the MEK file (0600) once; refuses to replace an existing key."""
     if len(key) != mek.MEK_BYTES:
         raise ValueError("a MEK is 32 bytes")
-    path = mek_path()
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(key)
-        handle.flush()
-        os.fsync(handle.fileno())
+    write_private(mek_path(), key, exclusive=True)
 
 
 def seal(*, purpose: str, data: bytes) -> str:
@@ -68,8 +64,6 @@ def mek_remove() -> None:
 
 def mek_matches(key: bytes) -> bool:
     """Whether ``key`` is the key in this node's file (constant-time)."""
-    import hmac
-
     try:
         return hmac.compare_digest(mek_load(), key)
     except MekMissing:

@@ -6,10 +6,14 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from django.conf import settings
+
+from pamportal.crypto.ca import certificate_info
 from pamportal.jobs.choices import ACTIVE, Status
 from pamportal.jobs.models import Job
 
 from .facts import KIND as FACTS_KIND
+from .models import Certificate, CertificateKind, Node
 
 
 @dataclass(frozen=True)
@@ -44,26 +48,41 @@ def node_facts_last_failure(after: NodeFacts | None) -> Job | None:
 
 
 # --- this node's identity, setup progress and certificates ------------------------------
-def node_current():
+def node_current() -> Node:
     """This node's row, or an unsaved one with the defaults when setup has not begun."""
-    from .models import Node
-
     node = Node.objects.filter(pk=Node.SINGLETON_PK).first()
     return node if node is not None else Node(pk=Node.SINGLETON_PK, address="", ntp_servers=[])
 
 
 def node_address(node=None) -> str:
     """The address the operator set in the wizard, else the one the node started with."""
-    from django.conf import settings
-
     node = node if node is not None else node_current()
     return node.address or settings.PAM_NODE_ADDRESS
 
 
 def node_is_finalised() -> bool:
-    from .models import Node
-
     return Node.objects.filter(pk=Node.SINGLETON_PK, finalised_at__isnull=False).exists()
+
+
+# --- how far this node's setup has come ---------------------------------------------------
+NODE_STEPS = ("node", "preflight", "licence", "mek", "finalise")
+
+
+def node_setup_due(node: Node | None = None) -> str | None:
+    """The wizard step due after the administrator exists (None: setup is finalised).
+    Read from the database, so a refresh or a later visit resumes there."""
+    node = node if node is not None else node_current()
+    if node.finalised_at is not None:
+        return None
+    if not node.address or not node.ntp_servers:
+        return "node"
+    if node.preflight_passed_at is None:
+        return "preflight"
+    if node.licence_done_at is None:
+        return "licence"
+    if node.mek_confirmed_at is None:
+        return "mek"
+    return "finalise"
 
 
 @dataclass(frozen=True)
@@ -86,8 +105,6 @@ class CertificateView:
 
 
 def _view(title: str, cert_pem: bytes, source: str) -> CertificateView:
-    from pamportal.crypto.ca import certificate_info
-
     info = certificate_info(cert_pem)
     return CertificateView(
         title=title, subject=info.subject, issuer=info.issuer, names=info.names, not_before=info.not_before,
@@ -98,10 +115,6 @@ def _view(title: str, cert_pem: bytes, source: str) -> CertificateView:
 def certificates_current() -> list[CertificateView]:
     """The cluster CA and this node's certificate once setup is finalised; before that,
     the self-signed certificate the console was started with (if readable)."""
-    from django.conf import settings
-
-    from .models import Certificate, CertificateKind
-
     rows = {c.kind: c for c in Certificate.objects.filter(replaced_at__isnull=True)}
     views = []
     if CertificateKind.CLUSTER_CA in rows:

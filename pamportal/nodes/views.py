@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from django.conf import settings
 from django.contrib import messages
 from django.shortcuts import redirect, render
 from django.views.decorators.cache import never_cache
@@ -10,24 +11,20 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 
 from pamportal.accounts.decorators import require_capability
 from pamportal.jobs.selectors import job_progress
+from pamportal.licensing.selectors import licence_status as licence_status_now
 
-from . import selectors, services
+from . import keys, selectors, services
 from .forms import MekForm
 
 
 @require_capability("node.view")
 @require_GET
 def dashboard(request):
-    from django.conf import settings
-
-    from pamportal.setup import partners
-    from pamportal.setup.selectors import node_setup_due
-
     latest = selectors.node_facts_latest()
     running = selectors.node_facts_running()
     this_node = selectors.node_current()
     finalised = this_node.finalised_at is not None
-    licence_status = partners.licence_status() if finalised else None
+    licence_status = licence_status_now() if finalised else None
     context = {
         "node": {
             "address": selectors.node_address(this_node),
@@ -37,7 +34,7 @@ def dashboard(request):
             "finalised_at": this_node.finalised_at,
             "ntp_servers": this_node.ntp_servers,
         },
-        "setup_due": node_setup_due(this_node),
+        "setup_due": selectors.node_setup_due(this_node),
         "finalised": finalised,
         "certificates": selectors.certificates_current() if finalised else [],
         "licence_status": licence_status,
@@ -79,14 +76,12 @@ def certificates(request):
 @require_capability("mek.check")
 @require_http_methods(["GET", "POST"])
 def mek_check(request):
-    from pamportal.setup import services as setup_services
-
     result = None
     status = 200
     if request.method == "POST":
         # Every attempt, even an empty or overlong one, goes to the service and its audit.
         typed = request.POST.get("mek", "")[: MekForm.base_fields["mek"].max_length]
-        result = setup_services.mek_check(user=request.user, typed=typed)
+        result = keys.mek_check(user=request.user, typed=typed)
         status = 200 if result.ok else 400
     # Always a fresh form: the typed key is never sent back.
     response = render(request, "nodes/mek_check.html", {"form": MekForm(), "result": result}, status=status)

@@ -6,4 +6,6 @@ class SetupConfig(AppConfig):
     label = "setup"
 
     def ready(self) -> None:
-        from . import join  # noqa: F401  (registers the follower's "cluster.follow" job kind)
+        # Once the app registry is ready (the follower's module uses models): registers
+        # the follower's "cluster.follow" job kind, which the join pages start.
+        from pamportal.cluster import follower  # noqa: F401

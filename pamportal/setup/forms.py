@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import ipaddress
-import re
-
 from django import forms
 from django.contrib.auth import get_user_model, password_validation
 from django.contrib.auth.validators import UnicodeUsernameValidator
 
 from pamportal.accounts.forms import code_field
 from pamportal.accounts.roles import Role
+from pamportal.core import addresses
 
 
 class TokenForm(forms.Form):
@@ -66,77 +64,18 @@ class SetupCodeForm(forms.Form):
 
 
 # --- after the administrator: node address, NTP, MEK ----------------------------------
-_LABEL = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
-MAX_NTP_SERVERS = 4
-
-
-def parse_ip(text: str):
-    try:
-        return ipaddress.ip_address(text.strip("[]") if text.startswith("[") else text)
-    except ValueError:
-        return None
-
-
-def fqdn_problem(name: str) -> str:
-    """Why ``name`` is not a fully qualified domain name ("" if it is one)."""
-    if len(name) > 253:
-        return "is longer than 253 characters"
-    labels = name.rstrip(".").split(".")
-    if len(labels) < 2:
-        return "is not fully qualified (it needs a domain, like node1.example.com)"
-    for label in labels:
-        if not _LABEL.match(label):
-            return (f"has a part “{label[:70]}” that is not a valid DNS label (letters, digits and hyphens, "
-                    "1–63 characters, not starting or ending with a hyphen)")
-    if labels[-1].isdigit():
-        return "ends in a number, so it is neither a domain name nor an IP address"
-    return ""
+MAX_NTP_SERVERS = addresses.MAX_NTP_SERVERS
 
 
 def validate_node_address(value: str) -> str:
-    value = value.strip().lower()
+    """The typed address in its one spelling, by the one node-address rule."""
+    value = addresses.address_normalize(value)
     if not value:
         raise forms.ValidationError("Enter the node's address: a fully qualified domain name or an IP address.")
-    if parse_ip(value) is not None:
-        return str(parse_ip(value))
-    if ":" in value or "/" in value:
-        raise forms.ValidationError(f"“{value[:80]}” is not an IP address (and a host name cannot contain “:” or “/”).")
-    problem = fqdn_problem(value)
+    problem = addresses.address_problem(value)
     if problem:
         raise forms.ValidationError(f"“{value[:80]}” {problem}.")
-    return value.rstrip(".")
-
-
-def validate_ntp_server(entry: str) -> str:
-    """A host name or IP, optionally with a port (``host:123``, ``[v6]:123``)."""
-    entry = entry.strip().lower()
-    host, port = entry, None
-    if entry.startswith("["):
-        end = entry.find("]")
-        if end < 0:
-            raise forms.ValidationError(f"“{entry[:80]}”: missing “]” after an IPv6 address.")
-        host, rest = entry[1:end], entry[end + 1:]
-        if rest:
-            if not rest.startswith(":"):
-                raise forms.ValidationError(f"“{entry[:80]}” is not host or host:port.")
-            port = rest[1:]
-    elif entry.count(":") == 1:
-        host, port = entry.split(":")
-    if port is not None and not (port.isdigit() and 1 <= int(port) <= 65535):
-        raise forms.ValidationError(f"“{entry[:80]}”: the port must be a number from 1 to 65535.")
-    ip = parse_ip(host)
-    if ip is None:
-        if ":" in host:
-            raise forms.ValidationError(f"“{entry[:80]}” is not an IP address; write an IPv6 address with a port as [address]:port.")
-        labels = host.rstrip(".").split(".")
-        if not host or len(host) > 253 or not all(_LABEL.match(label) for label in labels) or labels[-1].isdigit():
-            raise forms.ValidationError(f"“{entry[:80]}” is not a host name or an IP address.")
-        host = host.rstrip(".")
-    else:
-        host = str(ip)
-    if port is None:
-        return host
-    return f"[{host}]:{port}" if ip is not None and ip.version == 6 else f"{host}:{port}"
+    return value
 
 
 class NodeForm(forms.Form):
@@ -157,27 +96,19 @@ class NodeForm(forms.Form):
         return validate_node_address(self.cleaned_data["address"])
 
     def clean_ntp_servers(self):
-        entries = [e for e in re.split(r"[\s,]+", self.cleaned_data["ntp_servers"]) if e]
-        if not entries:
-            raise forms.ValidationError("Enter at least one NTP server.")
-        if len(entries) > MAX_NTP_SERVERS:
-            raise forms.ValidationError(f"Enter at most {MAX_NTP_SERVERS} NTP servers ({len(entries)} given).")
-        servers = [validate_ntp_server(e) for e in entries]
-        if len(set(servers)) != len(servers):
-            raise forms.ValidationError("The same NTP server is listed twice.")
-        return servers
+        try:
+            return addresses.ntp_servers_parse(self.cleaned_data["ntp_servers"])
+        except ValueError as error:
+            raise forms.ValidationError(str(error)) from None
 
 
-class MekForm(forms.Form):
-    """The operator types the MEK back. Never re-rendered with what was typed."""
-
+# --- or: join an existing cluster as a follower ---------------------------------------
+class JoinForm(forms.Form):
+    bundle = forms.FileField(label="Joining bundle", help_text="The file generated on the leader for this node.")
     mek = forms.CharField(
-        label="Master Encryption Key",
-        max_length=200,
-        strip=True,
-        error_messages={"required": "Type the Master Encryption Key from your copy."},
-        help_text="14 groups of 4 characters; spaces, dashes and case do not matter.",
-        widget=forms.TextInput(
-            attrs={"autocomplete": "off", "spellcheck": "false", "autocapitalize": "characters", "class": "mek-input"}
-        ),
+        label="Master Encryption Key", strip=True, max_length=200,
+        widget=forms.PasswordInput(attrs={"autocomplete": "off", "spellcheck": "false"}),
+        help_text="The cluster's MEK, as the leader's operator saved it (groups of four; dashes optional).",
     )
+    own_address = forms.CharField(label="This node's address", max_length=253,
+                                  help_text="FQDN or IP; the bundle names the address it was made for.")

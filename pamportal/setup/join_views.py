@@ -1,8 +1,8 @@
-"""First boot as a follower: the "join an existing cluster" pages (setup.finalise)."""
+"""First boot as a follower: the "join an existing cluster" pages (setup.finalise). The
+join itself is ``cluster.follower``'s; these pages parse the form, call it, render."""
 
 from __future__ import annotations
 
-from django import forms
 from django.contrib import messages
 from django.shortcuts import redirect, render
 from django.views.decorators.cache import never_cache
@@ -10,29 +10,19 @@ from django.views.decorators.debug import sensitive_post_parameters, sensitive_v
 from django.views.decorators.http import require_http_methods, require_POST
 
 from pamportal.accounts.decorators import require_capability
-from pamportal.jobs.models import Job
+from pamportal.cluster import follower
+from pamportal.cluster.follower_models import JoinState
+from pamportal.cluster.follower_selectors import join_current, join_job
 from pamportal.jobs.selectors import job_progress
 from pamportal.nodes.selectors import node_is_finalised
 
-from . import join as services
-from .models import JoinState
+from .forms import JoinForm
 
 BUNDLE_MAX_BYTES = 64 * 1024
 
 
-class JoinForm(forms.Form):
-    bundle = forms.FileField(label="Joining bundle", help_text="The file generated on the leader for this node.")
-    mek = forms.CharField(
-        label="Master Encryption Key", strip=True, max_length=200,
-        widget=forms.PasswordInput(attrs={"autocomplete": "off", "spellcheck": "false"}),
-        help_text="The cluster's MEK, as the leader's operator saved it (groups of four; dashes optional).",
-    )
-    own_address = forms.CharField(label="This node's address", max_length=253,
-                                  help_text="FQDN or IP; the bundle names the address it was made for.")
-
-
 def _context(join):
-    job = Job.objects.filter(pk=join.job_id).first() if join and join.job_id else None
+    job = join_job(join)
     context = {"join": join, "JoinState": JoinState}
     if job is not None:
         context.update(job=job, progress=job_progress(job))
@@ -47,7 +37,7 @@ def _context(join):
 def join_start(request):
     if node_is_finalised():
         return redirect("setup:start")
-    join = services.join_current()
+    join = join_current()
     if join is not None and join.state not in (JoinState.FAILED,):
         return redirect("setup:join_status")
     form = JoinForm(request.POST or None, request.FILES or None, initial={"own_address": request.get_host().rsplit(":", 1)[0]})
@@ -58,9 +48,9 @@ def join_start(request):
         # that is too large, without reading the rest of it.
         data = form.cleaned_data["bundle"].read(BUNDLE_MAX_BYTES + 1)
         try:
-            services.join_bundle_open(user=request.user, data=data, mek_text=form.cleaned_data["mek"],
+            follower.join_bundle_open(user=request.user, data=data, mek_text=form.cleaned_data["mek"],
                                       own_address=form.cleaned_data["own_address"])
-        except services.JoinRefused as refused:
+        except follower.JoinRefused as refused:
             error, status = refused.message, 400
         else:
             messages.success(request, "The bundle opened with this MEK. Next: check the way to the leader.")
@@ -74,7 +64,7 @@ def join_start(request):
 @never_cache
 @require_capability("setup.finalise")
 def join_status(request):
-    join = services.join_current()
+    join = join_current()
     if join is None:
         return redirect("setup:join")
     template = "setup/_join_status.html" if request.htmx else "setup/join_status.html"
@@ -88,8 +78,8 @@ def join_status(request):
 @require_capability("setup.finalise")
 def join_check(request):
     try:
-        join = services.join_preflight(user=request.user)
-    except services.JoinRefused as refused:
+        join = follower.join_preflight(user=request.user)
+    except follower.JoinRefused as refused:
         messages.error(request, refused.message)
     else:
         if join.state == JoinState.CHECKED:
@@ -103,8 +93,8 @@ def join_check(request):
 @require_capability("setup.finalise")
 def join_send(request):
     try:
-        services.join_request_send(user=request.user)
-    except services.JoinRefused as refused:
+        follower.join_request_send(user=request.user)
+    except follower.JoinRefused as refused:
         messages.error(request, refused.message)
     else:
         messages.success(request, "The leader accepted the join request; it now waits for approvals there.")

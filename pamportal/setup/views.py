@@ -19,12 +19,19 @@ from pamportal.accounts import services as account_services
 from pamportal.accounts.decorators import require_capability
 from pamportal.accounts.qr import qr_svg
 from pamportal.accounts.roles import has_capability
-from pamportal.nodes.selectors import node_current
+from pamportal.cluster.follower_selectors import joining_cluster
+from pamportal.licensing.forms import LicenceUploadForm
+from pamportal.licensing.selectors import licence_status
+from pamportal.nodes import keys
+from pamportal.nodes.forms import MekForm
+from pamportal.nodes.progress import StepRefused
+from pamportal.nodes.selectors import NODE_STEPS, node_current, node_setup_due
+from pamportal.preflight.selectors import preflight_results_context
 
-from . import partners, services
-from .forms import AdministratorForm, MekForm, NodeForm, SetupCodeForm, TokenForm
-from .join import joining_cluster
-from .selectors import NODE_STEPS, node_setup_due, setup_is_complete, setup_token_usable
+from . import administrator, wizard
+from . import token as tokens
+from .forms import AdministratorForm, NodeForm, SetupCodeForm, TokenForm
+from .selectors import preflight_finished, setup_is_complete, setup_preflight_run, setup_token_usable
 from .steps import STEP_BY_KEY, step_list
 
 SESSION_KEY = "pam_setup"
@@ -101,7 +108,7 @@ def token_step(request):
     form = TokenForm(request.POST if request.method == "POST" else None)
     error = ""
     if request.method == "POST" and form.is_valid():
-        check = services.setup_token_check(token=form.cleaned_data["token"])
+        check = tokens.setup_token_check(token=form.cleaned_data["token"])
         if check.ok:
             _save(request, {"token_id": check.token_id})
             messages.success(request, "Setup token accepted.")
@@ -128,7 +135,7 @@ def administrator_step(request):
         state["username"] = form.cleaned_data["username"]
         # Only the hash is kept until the administrator is created at the next step.
         state["password_hash"] = make_password(form.cleaned_data["password1"])
-        state.setdefault("totp_key", services.setup_totp_key())
+        state.setdefault("totp_key", administrator.setup_totp_key())
         state.setdefault("last_t", -1)
         _save(request, state)
         return redirect("setup:totp")
@@ -143,18 +150,18 @@ def totp_step(request):
         return response
     state = _state(request)
     if not state.get("totp_key"):
-        state["totp_key"] = services.setup_totp_key()
+        state["totp_key"] = administrator.setup_totp_key()
         _save(request, state)
     username, key = state["username"], state["totp_key"]
     form = SetupCodeForm(request.POST if request.method == "POST" else None)
     error = ""
     if request.method == "POST" and form.is_valid():
-        check = services.setup_totp_check(
+        check = administrator.setup_totp_check(
             username=username, key=key, code=form.cleaned_data["otp_token"], after_t=state.get("last_t", -1)
         )
         if check.ok:
             try:
-                user, device = services.setup_admin_create(
+                user, device = administrator.setup_admin_create(
                     token_id=state["token_id"],
                     username=username,
                     password_hash=state["password_hash"],
@@ -162,7 +169,7 @@ def totp_step(request):
                     totp_t=check.t,
                     totp_drift=check.drift,
                 )
-            except services.SetupRefused as refused:
+            except tokens.SetupRefused as refused:
                 request.session.pop(SESSION_KEY, None)
                 messages.error(request, refused.message)
                 return redirect("setup:start")
@@ -175,8 +182,8 @@ def totp_step(request):
             return redirect("nodes:dashboard")
         error = check.message
         form = SetupCodeForm()
-    device = services.setup_totp_device(username=username, key=key)
-    secret = services.base32_secret(key)
+    device = administrator.setup_totp_device(username=username, key=key)
+    secret = administrator.base32_secret(key)
     return _render(
         request,
         "setup/totp.html",
@@ -220,7 +227,7 @@ def node_step_view(step: str):
     return decorator
 
 
-def _refused(request, refused: services.StepRefused, to: str):
+def _refused(request, refused: StepRefused, to: str):
     messages.error(request, refused.message)
     return redirect(to)
 
@@ -233,21 +240,21 @@ def node_step(request, node):
     form = NodeForm(request.POST if request.method == "POST" else None, initial=initial)
     if request.method == "POST" and form.is_valid():
         try:
-            services.setup_node_set(
+            wizard.setup_node_set(
                 user=request.user, address=form.cleaned_data["address"], ntp_servers=form.cleaned_data["ntp_servers"]
             )
-        except services.StepRefused as refused:
+        except StepRefused as refused:
             return _refused(request, refused, "setup:start")
         return redirect("setup:preflight")
     return _node_render(request, "setup/node.html", "node", {"form": form, "node": node})
 
 
 def _preflight_context(request, node) -> dict:
-    run = partners.preflight_run(node.preflight_run_id)
+    run = setup_preflight_run(node)
     if run is None:
         return {"run": None}
-    context = partners.preflight_results_context(request, run, return_to=reverse("setup:preflight"))
-    finished = partners.preflight_finished(run)
+    context = preflight_results_context(run, return_to=reverse("setup:preflight"))
+    finished = preflight_finished(run)
     return {**context, "finished": finished, "held_back": finished and bool(context["blocking"])}
 
 
@@ -263,8 +270,8 @@ def preflight_step(request, node):
 @node_step_view("preflight")
 def preflight_start(request, node):
     try:
-        run = services.setup_preflight_start(user=request.user)
-    except services.StepRefused as refused:
+        run = wizard.setup_preflight_start(user=request.user)
+    except StepRefused as refused:
         return _refused(request, refused, "setup:preflight")
     messages.success(request, f"Preflight started (run #{run.pk}).")
     return redirect("setup:preflight")
@@ -275,8 +282,8 @@ def preflight_start(request, node):
 @node_step_view("preflight")
 def preflight_next(request, node):
     try:
-        services.setup_preflight_pass(user=request.user)
-    except services.StepRefused as refused:
+        wizard.setup_preflight_pass(user=request.user)
+    except StepRefused as refused:
         return _refused(request, refused, "setup:preflight")
     return redirect("setup:licence")
 
@@ -287,11 +294,11 @@ def preflight_next(request, node):
 def licence_step(request, node):
     error = None
     if request.method == "POST":
-        licence, error = partners.licence_upload_from_request(request)
+        licence, error = LicenceUploadForm(request.POST, request.FILES).install(user=request.user)
         if licence is not None:
             messages.success(request, f"Licence {licence.licence_id} installed.")
             return redirect("setup:licence")
-    status = partners.licence_status()
+    status = licence_status()
     context = {
         "node": node,
         "licence": status.licence if status.ok else None,
@@ -308,8 +315,8 @@ def licence_step(request, node):
 @node_step_view("licence")
 def licence_next(request, node):
     try:
-        services.setup_licence_done(user=request.user)
-    except services.StepRefused as refused:
+        wizard.setup_licence_done(user=request.user)
+    except StepRefused as refused:
         return _refused(request, refused, "setup:licence")
     return redirect("setup:mek")
 
@@ -321,7 +328,7 @@ def licence_next(request, node):
 def mek_step(request, node):
     # The key is in this response only the first time the page is shown after it is
     # generated; the service records that it was shown before the page is rendered.
-    shown_now = services.setup_mek_reveal(user=request.user)
+    shown_now = keys.mek_reveal(user=request.user)
     node = node_current()
     groups = shown_now.split("-") if shown_now else []
     return _node_render(
@@ -334,8 +341,8 @@ def mek_step(request, node):
 @node_step_view("mek")
 def mek_generate(request, node):
     try:
-        services.setup_mek_generate(user=request.user)
-    except services.StepRefused as refused:
+        keys.mek_generate(user=request.user)
+    except StepRefused as refused:
         return _refused(request, refused, "setup:mek")
     return redirect("setup:mek")
 
@@ -345,7 +352,7 @@ def mek_generate(request, node):
 @require_POST
 @node_step_view("mek")
 def mek_download(request, node):
-    result = services.setup_mek_download(user=request.user)
+    result = keys.mek_download(user=request.user)
     if not result.ok:
         messages.error(request, result.message)
         return redirect("setup:mek")
@@ -363,8 +370,8 @@ def mek_download(request, node):
 def mek_confirm(request, node):
     typed = request.POST.get("mek", "")[: MekForm.base_fields["mek"].max_length]
     try:
-        result = services.setup_mek_confirm(user=request.user, typed=typed)
-    except services.StepRefused as refused:
+        result = keys.mek_confirm(user=request.user, typed=typed)
+    except StepRefused as refused:
         return _refused(request, refused, "setup:mek")
     if result.ok:
         messages.success(request, result.message)
@@ -381,7 +388,7 @@ def mek_confirm(request, node):
 @require_POST
 @node_step_view("mek")
 def mek_discard(request, node):
-    result = services.setup_mek_discard(user=request.user)
+    result = keys.mek_discard(user=request.user)
     (messages.success if result.ok else messages.error)(request, result.message)
     return redirect("setup:mek")
 
@@ -392,8 +399,8 @@ def mek_discard(request, node):
 def finalise_step(request, node):
     if request.method == "POST":
         try:
-            services.setup_finalise(user=request.user)
-        except services.StepRefused as refused:
+            wizard.setup_finalise(user=request.user)
+        except StepRefused as refused:
             return _refused(request, refused, "setup:finalise")
         messages.success(
             request,
@@ -401,6 +408,6 @@ def finalise_step(request, node):
             "The console switches to the new certificate within a few seconds.",
         )
         return redirect("nodes:dashboard")
-    status = partners.licence_status()
+    status = licence_status()
     context = {"node": node, "licence": status.licence if status.ok else None, "licence_status": status}
     return _node_render(request, "setup/finalise.html", "finalise", context)

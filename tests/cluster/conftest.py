@@ -7,13 +7,13 @@ import json
 from dataclasses import dataclass, field, replace
 
 import pytest
+from django.conf import settings
 from django.utils import timezone
 from django_otp.oath import TOTP
 
 from pamportal.accounts.models import TOTPDevice
 from pamportal.accounts.roles import Role
-from pamportal.audit.models import AuditEvent
-from pamportal.cluster import membership
+from pamportal.cluster import bundles, connections
 from pamportal.cluster.etcd import (
     EtcdUnavailable,
     LearnerNotReady,
@@ -23,7 +23,15 @@ from pamportal.cluster.etcd import (
     PeerURLExists,
     TooManyLearners,
 )
-from pamportal.jobs.services import job_execute
+from pamportal.cluster.models import JoinRequest
+from pamportal.cluster.protocol import proof_message
+from pamportal.crypto.bundle import bundle_open, join_proof
+from pamportal.crypto.ca import make_csr
+from pamportal.jobs.engine import job_execute
+from pamportal.nodes import keystore
+from pamportal.setup.wizard import setup_finalise
+from tests.setup.helpers import through_mek
+from tests.support.audit import events  # noqa: F401  (re-exported to the cluster tests)
 from tests.support.totp import fresh_step
 
 LEADER = "node1.example.com"  # tests.setup.helpers.ADDRESS
@@ -31,13 +39,12 @@ FOLLOWER = "127.0.0.12"
 
 
 @pytest.fixture(autouse=True)
-def data_dir(settings, tmp_path):
-    settings.PAM_DATA_DIR = tmp_path
-    settings.PAM_TLS_CERT = tmp_path / "tls" / "node.crt"
-    settings.PAM_TLS_KEY = tmp_path / "tls" / "node.key"
+def data_dir(data_dir, settings):
+    """Every cluster test gets its own data dir (tests/support/fixtures.py) and short
+    join waits."""
     settings.PAM_JOIN_WAIT_SECONDS = 0.5
     settings.PAM_JOIN_POLL_INTERVAL = 0.01
-    return tmp_path
+    return data_dir
 
 
 # --- an in-memory etcd ---------------------------------------------------------------------
@@ -58,8 +65,8 @@ class FakeEtcd:
     next_id: int = 0x1000
 
     def __post_init__(self):
-        leader = Member(id=0xA1, name=LEADER, peer_urls=(membership.member_peer_url(LEADER),),
-                        client_urls=(membership.member_client_url(LEADER),))
+        leader = Member(id=0xA1, name=LEADER, peer_urls=(connections.member_peer_url(LEADER),),
+                        client_urls=(connections.member_client_url(LEADER),))
         self.members[leader.id] = leader
 
     def _maybe_fail(self, name: str) -> None:
@@ -73,7 +80,7 @@ class FakeEtcd:
             for mid, m in list(self.members.items()):
                 if m.is_learner and not m.started:
                     address = m.peer_urls[0].split("//")[1].rsplit(":", 1)[0]
-                    self.members[mid] = replace(m, name=address, client_urls=(membership.member_client_url(address),))
+                    self.members[mid] = replace(m, name=address, client_urls=(connections.member_client_url(address),))
         return list(self.members.values())
 
     def member_add(self, peer_urls, *, learner=True, wait=0.0):
@@ -118,14 +125,14 @@ class FakeEtcd:
         return sum(1 for call, _ in self.calls if call == name)
 
     def by_peer(self, address: str) -> Member | None:
-        url = membership.member_peer_url(address)
+        url = connections.member_peer_url(address)
         return next((m for m in self.members.values() if url in m.peer_urls), None)
 
 
 @pytest.fixture
 def fake_etcd(monkeypatch) -> FakeEtcd:
     fake = FakeEtcd()
-    monkeypatch.setattr(membership, "etcd_client", lambda **kwargs: fake)
+    monkeypatch.setattr(connections, "etcd_client", lambda **kwargs: fake)
     return fake
 
 
@@ -133,10 +140,6 @@ def fake_etcd(monkeypatch) -> FakeEtcd:
 @pytest.fixture
 def leader(db, make_user, fake_etcd):
     """A finalised standalone node (licence for 5 nodes), through the setup services."""
-    from pamportal.nodes import keystore
-    from pamportal.setup.services import setup_finalise
-    from tests.setup.helpers import through_mek
-
     admin = make_user("leader-admin", Role.ADMINISTRATOR)
     key = through_mek(admin)
     setup_finalise(user=admin)
@@ -175,13 +178,6 @@ def code_for(user, offset: int | None = None) -> str:
     return f"{totp.token():0{device.digits}d}"
 
 
-def events(action) -> list[AuditEvent]:
-    rows = list(AuditEvent.objects.filter(action=action).order_by("position"))
-    for row in rows:
-        row.data = json.loads(row.details or "{}")
-    return rows
-
-
 def run_job(job_id: int) -> str:
     return job_execute(job_id=job_id, worker_id="test-worker")
 
@@ -189,9 +185,7 @@ def run_job(job_id: int) -> str:
 # --- the follower's side ---------------------------------------------------------------------
 def generate_bundle(user, address: str = FOLLOWER):
     """A bundle through the service and its job, as a worker would run it."""
-    from pamportal.cluster import services
-
-    bundle = services.bundle_generate(user=user, follower_address=address)
+    bundle = bundles.bundle_generate(user=user, follower_address=address)
     assert run_job(bundle.job_id) == "succeeded"
     bundle.refresh_from_db()
     return bundle
@@ -200,12 +194,6 @@ def generate_bundle(user, address: str = FOLLOWER):
 def follower_request(bundle_bytes: bytes, mek: bytes, *, address: str = FOLLOWER, version: str | None = None,
                      **overrides) -> dict:
     """What a follower sends: opened with its MEK, a fresh key and CSR, the proof."""
-    from django.conf import settings
-
-    from pamportal.cluster.protocol import proof_message
-    from pamportal.crypto.bundle import bundle_open, join_proof
-    from pamportal.crypto.ca import make_csr
-
     opened = bundle_open(bundle_bytes, mek=mek, now=timezone.now())
     csr_pem, _key = make_csr(names=[address])
     payload = {
@@ -225,8 +213,6 @@ def post_join(client, payload) -> tuple[int, dict]:
 
 def join_request_made(client, user, mek, address: str = FOLLOWER):
     """A bundle generated by ``user`` and used by a follower: the pending request."""
-    from pamportal.cluster.models import JoinRequest
-
     bundle = generate_bundle(user, address)
     status, body = post_join(client, follower_request(bytes(bundle.file), mek, address=address))
     assert status == 201, body

@@ -1,12 +1,19 @@
-"""Test helpers for etcd: a throwaway CA with node/client certificates, and free ports.
+"""Test helpers for etcd: a throwaway CA with node/client certificates, free ports,
+starting and stopping member processes, and a client with what only tests ask of etcd
+(the KV API, waiting for a learner to catch up and promoting it).
 
 Deliberately independent of pamportal.crypto.ca (the real cluster CA).
 """
 
 from __future__ import annotations
 
+import base64
 import ipaddress
+import os
+import signal
 import socket
+import subprocess
+import time
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -15,6 +22,18 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from pamportal.cluster.etcd import (
+    EtcdClient,
+    EtcdException,
+    EtcdStatus,
+    EtcdUnavailable,
+    LearnerNotReady,
+    Member,
+    MemberNotLearner,
+    UnhealthyCluster,
+)
+from pamportal.cluster.etcd_process import MemberConfig, command_line
 
 
 def _san(name: str) -> x509.GeneralName:
@@ -136,3 +155,158 @@ def pick_ports(address: str, preferred: tuple[int, ...] = (2379, 2380)) -> tuple
     finally:
         for s in socks:
             s.close()
+
+
+# --- member processes -----------------------------------------------------------------------
+class EtcdStartError(RuntimeError):
+    """The member process exited or did not become healthy in time."""
+
+
+def start(cfg: MemberConfig, log_path: str | Path, *, binary: str | None = None) -> subprocess.Popen:
+    """Start the member in its own process group, output appended to ``log_path``.
+    The data dir is created 0700 (etcd insists on it)."""
+    argv = command_line(cfg, binary=binary)
+    data_dir = Path(cfg.data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    os.chmod(data_dir, 0o700)
+    log_path = Path(log_path)
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ETCD")}  # flags only
+    with open(log_path, "ab") as log:
+        return subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+            start_new_session=True, env=env, close_fds=True,
+        )
+
+
+def stop(proc: subprocess.Popen, *, timeout: float = 10.0) -> int | None:
+    """SIGTERM the member's process group, SIGKILL after ``timeout``. Returns the exit code."""
+    if proc.poll() is None:
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        try:
+            proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.wait(timeout=timeout)
+    return proc.returncode
+
+
+def wait_healthy(
+    client: EtcdClient,
+    timeout: float = 30.0,
+    *,
+    endpoint: str | None = None,
+    proc: subprocess.Popen | None = None,
+    interval: float = 0.2,
+) -> EtcdStatus:
+    """Wait (at most ``timeout`` seconds) until ``endpoint`` answers ``/health`` with
+    true and reports a leader; returns its status. Raises :class:`EtcdStartError`
+    if ``proc`` exits or time runs out, with the last reason."""
+    deadline = time.monotonic() + timeout
+    last = "not tried"
+    while True:
+        if proc is not None and proc.poll() is not None:
+            raise EtcdStartError(f"etcd exited with code {proc.returncode} before becoming healthy ({last})")
+        ok, detail = client.health(endpoint)
+        last = detail
+        if ok:
+            try:
+                st = client.status(endpoint)
+            except EtcdException as exc:
+                last = str(exc)
+            else:
+                if st.leader:
+                    return st
+                last = "no leader yet"
+        if time.monotonic() + interval > deadline:
+            raise EtcdStartError(f"etcd at {endpoint or client.endpoints[0]} not healthy after {timeout:g}s: {last}")
+        time.sleep(interval)
+
+
+# --- a client with the test-only requests ------------------------------------------------------
+def _b64(data: str | bytes) -> str:
+    if isinstance(data, str):
+        data = data.encode("utf-8")
+    return base64.b64encode(data).decode("ascii")
+
+
+def _unb64(text: str | None) -> bytes:
+    return base64.b64decode(text or "")
+
+
+def _prefix_end(prefix: bytes) -> bytes:
+    """etcd's range_end for "every key starting with prefix"."""
+    end = bytearray(prefix)
+    for i in range(len(end) - 1, -1, -1):
+        if end[i] < 0xFF:
+            end[i] += 1
+            return bytes(end[: i + 1])
+    return b"\x00"  # the whole key space
+
+
+class EtcdTestClient(EtcdClient):
+    """``EtcdClient`` plus the KV API (keys and values are base64 on the gateway) and
+    the learner helpers the process tests and the join benchmark use."""
+
+    def promote_when_ready(self, member_id: int, *, timeout: float = 30.0, interval: float = 0.25) -> list[Member]:
+        """Promote, retrying on :class:`LearnerNotReady` until ``timeout`` seconds.
+
+        A promote that timed out after being sent may have succeeded: if the member
+        is already a voter we return the member list instead of failing.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                return self.member_promote(member_id)
+            except MemberNotLearner:
+                return self.member_list()
+            except (LearnerNotReady, UnhealthyCluster, EtcdUnavailable) as exc:
+                if time.monotonic() + interval > deadline:
+                    raise exc
+            time.sleep(interval)
+
+    def learner_in_sync(self, learner_endpoint: str, *, slack: int = 0) -> bool:
+        """True when the learner's applied raft index has reached the leader's raft
+        index (within ``slack``). etcd's own promote check is looser (90 %)."""
+        mine = self.status(learner_endpoint)
+        leader_status = None
+        for ep in self.endpoints:
+            if ep.rstrip("/") == learner_endpoint.rstrip("/"):
+                continue
+            try:
+                st = self.status(ep)
+            except EtcdException:
+                continue
+            if st.is_leader:
+                leader_status = st
+                break
+            leader_status = leader_status or st
+        if leader_status is None:
+            return False
+        return mine.raft_applied_index + slack >= leader_status.raft_index
+
+    def put(self, key: str | bytes, value: str | bytes) -> int:
+        """Store a value; returns the new revision."""
+        data = self._call("POST", "/v3/kv/put", {"key": _b64(key), "value": _b64(value)})
+        return int((data.get("header") or {}).get("revision", 0))
+
+    def get(self, key: str | bytes) -> bytes | None:
+        data = self._call("POST", "/v3/kv/range", {"key": _b64(key)})
+        kvs = data.get("kvs") or []
+        return _unb64(kvs[0].get("value")) if kvs else None
+
+    def get_prefix(self, prefix: str | bytes) -> dict[bytes, bytes]:
+        raw = prefix.encode() if isinstance(prefix, str) else prefix
+        data = self._call("POST", "/v3/kv/range", {"key": _b64(raw), "range_end": _b64(_prefix_end(raw))})
+        return {_unb64(kv.get("key")): _unb64(kv.get("value")) for kv in data.get("kvs") or []}
+
+    def delete(self, key: str | bytes) -> int:
+        """Delete one key; returns how many keys were deleted (0 or 1)."""
+        data = self._call("POST", "/v3/kv/deleterange", {"key": _b64(key)})
+        return int(data.get("deleted", 0) or 0)

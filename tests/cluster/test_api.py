@@ -4,6 +4,7 @@ delegation heartbeat."""
 
 from __future__ import annotations
 
+import socket
 from datetime import timedelta
 
 import pytest
@@ -11,9 +12,14 @@ from django.conf import settings
 from django.utils import timezone
 
 from pamportal.audit.actions import AuditAction, Outcome
-from pamportal.cluster import protocol, services
-from pamportal.cluster.models import BundleState, JoiningBundle, JoinRequest, RequestState
-from tests.cluster.conftest import FOLLOWER, events, follower_request, generate_bundle, post_join
+from pamportal.cluster import protocol
+from pamportal.cluster.bundles import bundle_revoke
+from pamportal.cluster.members import members_heartbeat
+from pamportal.cluster.models import BundleState, ClusterMember, JoiningBundle, JoinRequest, MemberState, RequestState
+from pamportal.cluster.requests import join_request_vote
+from pamportal.crypto.bundle import join_proof
+from pamportal.crypto.secrets import secret_digest
+from tests.cluster.conftest import FOLLOWER, code_for, events, follower_request, generate_bundle, post_join
 
 
 def _refused(client, payload, code, *, status=None):
@@ -35,7 +41,7 @@ def test_join_creates_a_pending_request_with_the_policy_copied(leader, operator,
     assert status == 201 and body["ok"] and body["state"] == "pending"
     request = JoinRequest.objects.get(public_id=body["request_id"])
     assert request.required_approvals == 2 and request.approver_role == "approver"
-    assert request.poll_secret_hash == services.poll_secret_hash(body["poll_secret"])
+    assert request.poll_secret_hash == secret_digest(body["poll_secret"])
     assert body["poll_secret"] not in request.poll_secret_hash
     bundle.refresh_from_db()
     assert bundle.state == BundleState.USED and bundle.file is None
@@ -60,7 +66,7 @@ def test_expired_bundle_is_refused(leader, operator, client):
 def test_revoked_bundle_is_refused(leader, operator, client):
     bundle = generate_bundle(operator)
     payload = follower_request(bytes(bundle.file), leader["mek"])
-    services.bundle_revoke(user=operator, bundle_id=bundle.bundle_id)
+    bundle_revoke(user=operator, bundle_id=bundle.bundle_id)
     assert "revoked" in _refused(client, payload, "revoked")
 
 
@@ -72,8 +78,6 @@ def test_bundle_for_another_address_is_refused(leader, operator, client):
 
 
 def test_wrong_mek_proof_is_refused(leader, operator, client):
-    from pamportal.crypto.bundle import join_proof
-
     bundle = generate_bundle(operator)
     payload = follower_request(bytes(bundle.file), leader["mek"])
     payload["proof"] = join_proof(b"\x07" * 32, protocol.proof_message(payload))
@@ -159,12 +163,10 @@ def test_get_on_join_is_refused(leader, client):
 
 
 def test_request_state_after_approval_is_visible_to_the_follower(leader, operator, client, approvers):
-    from tests.cluster.conftest import code_for
-
     bundle = generate_bundle(operator)
     _, body = post_join(client, follower_request(bytes(bundle.file), leader["mek"]))
     request = JoinRequest.objects.get(public_id=body["request_id"])
-    services.join_request_vote(request_id=request.pk, user=approvers[0], decision="approve",
+    join_request_vote(request_id=request.pk, user=approvers[0], decision="approve",
                                totp_code=code_for(approvers[0]))
     polled = client.get(f"/api/setup/v1/join/{body['request_id']}",
                         HTTP_AUTHORIZATION=f"Bearer {body['poll_secret']}").json()
@@ -172,14 +174,10 @@ def test_request_state_after_approval_is_visible_to_the_follower(leader, operato
 
 
 def test_heartbeat_of_an_unreachable_member_is_recorded_as_failed(leader, settings):
-    import socket
-
-    from pamportal.cluster.models import ClusterMember, MemberState
-
     with socket.socket() as s:  # a port nothing listens on
         s.bind(("127.0.0.1", 0))
         settings.PAM_DELEGATION_API_PORT = s.getsockname()[1]
     ClusterMember.objects.create(address="127.0.0.1", state=MemberState.ACTIVE)
-    assert services.members_heartbeat() == 1
+    assert members_heartbeat() == 1
     member = ClusterMember.objects.get(address="127.0.0.1")
     assert member.last_heartbeat_ok is False and "refused" in member.last_heartbeat_detail.lower()

@@ -10,21 +10,25 @@ import pytest
 from django.utils import timezone
 
 from pamportal.audit.actions import AuditAction, Outcome
-from pamportal.cluster import services
+from pamportal.cluster.context_processors import pending_approvals
 from pamportal.cluster.models import Approval, JoinRequest, RequestState
+from pamportal.cluster.policy import policy_update
+from pamportal.cluster.refusals import ClusterRefused
+from pamportal.cluster.requests import join_request_vote, requests_expire
+from pamportal.crypto.ca import make_csr
 from pamportal.jobs.models import Job
-from tests.cluster.conftest import code_for, events, join_request_made
+from tests.cluster.conftest import code_for, events, join_request_made, run_job
 
 
 def vote(request, user, decision="approve", code=None):
-    return services.join_request_vote(request_id=request.pk, user=user, decision=decision,
+    return join_request_vote(request_id=request.pk, user=user, decision=decision,
                                       totp_code=code if code is not None else code_for(user))
 
 
 def refused_vote(request, user, match, *, decision="approve", code=None, reason=None):
     votes = Approval.objects.count()
     state = JoinRequest.objects.get(pk=request.pk).state
-    with pytest.raises(services.ClusterRefused, match=match):
+    with pytest.raises(ClusterRefused, match=match):
         vote(request, user, decision, code)
     assert Approval.objects.count() == votes
     event = events(AuditAction.CLUSTER_VOTE_REFUSED)[-1]
@@ -52,10 +56,10 @@ def test_two_of_three_approve_and_one_job_is_created(leader, operator, approvers
 
 
 def test_policy_is_copied_when_the_request_is_made(leader, operator, approvers, client):
-    services.policy_update(user=leader["admin"], required_approvals=3, approver_role="approver",
+    policy_update(user=leader["admin"], required_approvals=3, approver_role="approver",
                            request_lifetime_hours=2)
     request, _ = join_request_made(client, operator, leader["mek"])
-    services.policy_update(user=leader["admin"], required_approvals=1, approver_role="approver",
+    policy_update(user=leader["admin"], required_approvals=1, approver_role="approver",
                            request_lifetime_hours=24)
     assert request.required_approvals == 3
     vote(request, approvers[0])
@@ -70,7 +74,7 @@ def test_policy_is_copied_when_the_request_is_made(leader, operator, approvers, 
 def test_the_requester_cannot_approve(leader, approvers, client):
     # With administrators as the approving role, the administrator who made the bundle
     # is the requester and may not vote on it.
-    services.policy_update(user=leader["admin"], required_approvals=1, approver_role="administrator",
+    policy_update(user=leader["admin"], required_approvals=1, approver_role="administrator",
                            request_lifetime_hours=24)
     request, _ = join_request_made(client, leader["admin"], leader["mek"])
     refused_vote(request, leader["admin"], "You made this request", reason="self-approval")
@@ -106,7 +110,7 @@ def test_vote_after_expiry_is_refused_and_requests_expire(leader, operator, appr
     request, _ = join_request_made(client, operator, leader["mek"])
     JoinRequest.objects.filter(pk=request.pk).update(expires_at=timezone.now() - timedelta(seconds=1))
     refused_vote(request, approvers[0], "expired", reason="request expired")
-    assert services.requests_expire() == 1
+    assert requests_expire() == 1
     request.refresh_from_db()
     assert request.state == RequestState.EXPIRED
     assert events(AuditAction.CLUSTER_REQUEST_EXPIRED)[-1].target.endswith(str(request.public_id))
@@ -125,8 +129,6 @@ def test_one_denial_is_final(leader, operator, approvers, client):
 
 
 def test_a_changed_request_voids_the_votes(leader, operator, approvers, client):
-    from pamportal.crypto.ca import make_csr
-
     request, _ = join_request_made(client, operator, leader["mek"])
     vote(request, approvers[0])
     # Someone with database access swaps the CSR after the first vote.
@@ -140,8 +142,6 @@ def test_a_changed_request_voids_the_votes(leader, operator, approvers, client):
 
 
 def test_a_change_after_approval_fails_the_join_at_execution(leader, operator, approvers, client, fake_etcd):
-    from tests.cluster.conftest import run_job
-
     request, _ = join_request_made(client, operator, leader["mek"])
     vote(request, approvers[0])
     vote(request, approvers[1])
@@ -154,8 +154,6 @@ def test_a_change_after_approval_fails_the_join_at_execution(leader, operator, a
 
 
 def test_pending_badge_counts_for_approvers(leader, operator, approvers, client, rf):
-    from pamportal.cluster.context_processors import pending_approvals
-
     request, _ = join_request_made(client, operator, leader["mek"])
     http = rf.get("/")
     http.user = approvers[0]

@@ -10,34 +10,39 @@ from __future__ import annotations
 import json
 import shutil
 import socket
+import ssl
 import subprocess
+import threading
 import time
 from pathlib import Path
 
 import pytest
 
-from pamportal.cluster import etcd_member
+from pamportal.cluster import etcd_process
 from pamportal.cluster.etcd import (
     EtcdClient,
     EtcdError,
     EtcdTLSError,
     EtcdUnavailable,
     LearnerNotReady,
+    LearnerRPCUnsupported,
     Member,
     MemberNotFound,
     MemberNotLearner,
+    NotEnoughStartedMembers,
+    PeerURLExists,
     TooManyLearners,
+    UnhealthyCluster,
     _error_from_body,
-    failure_tolerance,
     format_member_id,
     member_id_from_hex,
     member_id_to_json,
     parse_member_id,
-    quorum,
-    quorum_ok_after_remove,
 )
-from pamportal.cluster.etcd_member import MemberConfig
-from tests.cluster.etcd_support import ThrowawayCA, pick_ports, port_free
+from pamportal.cluster.etcd_process import MemberConfig
+from pamportal.cluster.quorum import failure_tolerance, quorum, quorum_ok_after_remove
+from tests.cluster import etcd_support
+from tests.cluster.etcd_support import EtcdTestClient, ThrowawayCA, pick_ports, port_free
 
 ADDRESSES = {"n1": "127.0.0.11", "n2": "127.0.0.12", "n3": "127.0.0.13"}
 
@@ -106,8 +111,23 @@ def test_gateway_errors_map_to_exceptions():
     assert isinstance(err("etcdserver: can only promote a learner member"), MemberNotLearner)
     assert isinstance(err("etcdserver: member not found", 404, 5), MemberNotFound)
     assert isinstance(err("etcdserver: too many learner members in cluster"), TooManyLearners)
+    assert isinstance(err("etcdserver: rpc not supported for learner"), LearnerRPCUnsupported)
     plain = _error_from_body(500, b"oops", "e")
     assert type(plain) is EtcdError and plain.code == 500 and plain.message == "oops"
+
+
+def test_gateway_errors_match_etcds_own_texts():
+    """etcd 3.4's texts (rpctypes) as the gateway returns them, each to its class."""
+    def err(message, status=400, code=9):
+        return _error_from_body(status, json.dumps({"error": message, "message": message, "code": code}).encode(), "e")
+
+    assert isinstance(err("etcdserver: Peer URLs already exists", code=6), PeerURLExists)
+    assert isinstance(err("etcdserver: re-configuration failed due to not enough started members"),
+                      NotEnoughStartedMembers)
+    assert isinstance(err("etcdserver: unhealthy cluster", 503, 14), UnhealthyCluster)
+    assert isinstance(err("etcdserver: member not found", 404, 5), MemberNotFound)
+    # a text that only resembles one is a plain error
+    assert type(err("etcdserver: peer urls exist somewhere")) is EtcdError
 
 
 def test_command_line_tls_everywhere_and_own_address_only(tmp_path):
@@ -116,7 +136,7 @@ def test_command_line_tls_everywhere_and_own_address_only(tmp_path):
         key_file="k.pem", initial_cluster="n1=https://127.0.0.11:2380,n2=https://127.0.0.12:2380",
         initial_state="existing", initial_cluster_token="tok",
     )
-    argv = etcd_member.command_line(cfg, binary="/usr/bin/etcd")
+    argv = etcd_process.command_line(cfg, binary="/usr/bin/etcd")
     flags = dict(a[2:].split("=", 1) for a in argv[1:])
     assert flags["listen-client-urls"] == flags["advertise-client-urls"] == "https://127.0.0.12:2379"
     assert flags["listen-peer-urls"] == flags["initial-advertise-peer-urls"] == "https://127.0.0.12:2380"
@@ -132,10 +152,10 @@ def test_command_line_tls_everywhere_and_own_address_only(tmp_path):
 
 
 def test_certificate_addresses():
-    assert etcd_member.certificate_addresses("127.0.0.12") == ["127.0.0.12", "127.0.0.1"]
-    assert etcd_member.certificate_addresses("127.0.0.1") == ["127.0.0.1"]
-    assert etcd_member.certificate_addresses("10.1.2.3") == ["10.1.2.3"]
-    assert etcd_member.certificate_addresses("node1.example") == ["node1.example"]
+    assert etcd_process.certificate_addresses("127.0.0.12") == ["127.0.0.12", "127.0.0.1"]
+    assert etcd_process.certificate_addresses("127.0.0.1") == ["127.0.0.1"]
+    assert etcd_process.certificate_addresses("10.1.2.3") == ["10.1.2.3"]
+    assert etcd_process.certificate_addresses("node1.example") == ["node1.example"]
 
 
 def test_initial_cluster_for_join():
@@ -144,11 +164,11 @@ def test_initial_cluster_for_join():
         Member(id=2, peer_urls=("https://127.0.0.12:2380",), is_learner=True),
     ]
     assert (
-        etcd_member.initial_cluster_for_join(members, 2, "n2")
+        etcd_process.initial_cluster_for_join(members, 2, "n2")
         == "n1=https://127.0.0.11:2380,n2=https://127.0.0.12:2380"
     )
     with pytest.raises(ValueError):
-        etcd_member.initial_cluster_for_join(members, 3, "n3")
+        etcd_process.initial_cluster_for_join(members, 3, "n3")
 
 
 # -- fixtures for real members -----------------------------------------------------
@@ -158,7 +178,7 @@ class Pki:
     def __init__(self, root: Path):
         self.ca = ThrowawayCA(root / "ca")
         # loopback node certificates also name 127.0.0.1: see certificate_addresses
-        self.nodes = {n: self.ca.issue(n, etcd_member.certificate_addresses(a)) for n, a in ADDRESSES.items()}
+        self.nodes = {n: self.ca.issue(n, etcd_process.certificate_addresses(a)) for n, a in ADDRESSES.items()}
         self.client = self.ca.issue("pamportal-client", [], server=False, client=True)
         self.rogue_ca = ThrowawayCA(root / "rogue", name="not the cluster CA")
         self.rogue_client = self.rogue_ca.issue("rogue-client", [], server=False, client=True)
@@ -171,7 +191,6 @@ def pki(tmp_path_factory):
 
 class Cluster:
     """Starts members and remembers every process so the fixture can stop them."""
-
     def __init__(self, pki: Pki, root: Path):
         self.pki = pki
         self.root = root
@@ -195,20 +214,20 @@ class Cluster:
         return self._ports[name]
 
     def peer_url(self, name: str) -> str:
-        return etcd_member.peer_url(ADDRESSES[name], self.ports(name)[1])
+        return etcd_process.peer_url(ADDRESSES[name], self.ports(name)[1])
 
     def client_url(self, name: str) -> str:
-        return etcd_member.client_url(ADDRESSES[name], self.ports(name)[0])
+        return etcd_process.client_url(ADDRESSES[name], self.ports(name)[0])
 
     def start(self, cfg: MemberConfig):
-        proc = etcd_member.start(cfg, self.root / f"{cfg.name}.log")
+        proc = etcd_support.start(cfg, self.root / f"{cfg.name}.log")
         self.procs[cfg.name] = proc
         self.configs[cfg.name] = cfg
         return proc
 
-    def client(self, *names: str, timeout: float = 5.0, cert=None) -> EtcdClient:
+    def client(self, *names: str, timeout: float = 5.0, cert=None) -> EtcdTestClient:
         cert = cert or self.pki.client
-        return EtcdClient(
+        return EtcdTestClient(
             [self.client_url(n) for n in names], str(self.pki.ca.ca_file), str(cert.cert_file),
             str(cert.key_file), timeout=timeout,
         )
@@ -219,7 +238,7 @@ class Cluster:
 
     def stop_all(self):
         for proc in self.procs.values():
-            etcd_member.stop(proc)
+            etcd_support.stop(proc)
 
 
 @pytest.fixture(scope="module")
@@ -230,8 +249,8 @@ def cluster(pki, tmp_path_factory):
         cfg = c.config("n1", f"n1={c.peer_url('n1')}", "new")
         proc = c.start(cfg)
         try:
-            etcd_member.wait_healthy(c.client("n1"), timeout=20, proc=proc)
-        except etcd_member.EtcdStartError as exc:
+            etcd_support.wait_healthy(c.client("n1"), timeout=20, proc=proc)
+        except etcd_support.EtcdStartError as exc:
             raise AssertionError(f"{exc}\n{c.log('n1')}") from exc
         yield c
     finally:
@@ -267,14 +286,14 @@ def join(c: Cluster, leader: EtcdClient, name: str) -> Member:
     """The join, in etcd's order: add as learner, start with state existing, catch up, promote."""
     new, members = leader.member_add([c.peer_url(name)], learner=True, wait=10)
     assert new.is_learner and not new.started and new.id in {m.id for m in members}
-    cfg = c.config(name, etcd_member.initial_cluster_for_join(members, new.id, name), "existing")
+    cfg = c.config(name, etcd_process.initial_cluster_for_join(members, new.id, name), "existing")
     proc = c.start(cfg)
     try:
-        status = etcd_member.wait_healthy(leader, timeout=20, endpoint=cfg.client_url, proc=proc)
+        status = etcd_support.wait_healthy(leader, timeout=20, endpoint=cfg.client_url, proc=proc)
         assert status.is_learner and status.member_id == new.id
         wait_until(lambda: leader.learner_in_sync(cfg.client_url), 15, what=f"{name} in sync")
         leader.promote_when_ready(new.id, timeout=15)
-    except (etcd_member.EtcdStartError, EtcdError) as exc:
+    except (etcd_support.EtcdStartError, EtcdError) as exc:
         raise AssertionError(f"{exc}\n{c.log(name)}") from exc
     promoted = {m.id: m for m in leader.member_list()}[new.id]
     assert promoted.is_voter and promoted.started and promoted.name == name
@@ -299,9 +318,9 @@ def test_grow_to_three_voters_then_shrink(cluster):
         leader.member_add([c.peer_url("n3")], learner=True)
     with pytest.raises(LearnerNotReady):  # not started: not in sync
         leader.member_promote(new.id)
-    cfg2 = c.config("n2", etcd_member.initial_cluster_for_join(members, new.id, "n2"), "existing")
+    cfg2 = c.config("n2", etcd_process.initial_cluster_for_join(members, new.id, "n2"), "existing")
     proc2 = c.start(cfg2)
-    etcd_member.wait_healthy(leader, timeout=20, endpoint=cfg2.client_url, proc=proc2)
+    etcd_support.wait_healthy(leader, timeout=20, endpoint=cfg2.client_url, proc=proc2)
     learner_first = c.client("n2", "n1")
     assert {m.id for m in learner_first.member_list()} == {first.id, new.id}
     wait_until(lambda: leader.learner_in_sync(cfg2.client_url), 15, what="n2 in sync")
@@ -414,8 +433,6 @@ def test_request_sent_but_unanswered(pki):
     """A server that completes TLS, reads the request and never answers: a read may
     move on to the next endpoint, a membership change must not (it may have been
     applied) and says so."""
-    import ssl
-    import threading
 
     address = ADDRESSES["n1"]
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH, cafile=str(pki.ca.ca_file))

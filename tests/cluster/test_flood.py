@@ -11,6 +11,7 @@ import json
 from datetime import timedelta
 
 import pytest
+from django.conf import settings as django_settings
 from django.test import Client
 from django.utils import timezone
 
@@ -105,8 +106,6 @@ def test_the_count_of_a_window_is_written_by_the_next_refusal_in_a_later_window(
 
 @pytest.mark.django_db
 def test_logins_during_a_lockout_are_bounded_and_counted(admin_user, make_user, settings):
-    from django.conf import settings as django_settings
-
     make_user("vera", Role.VIEWER)
     limit, seconds = audit_conf.repeat_limit(), audit_conf.repeat_window()
     client = Client(REMOTE_ADDR=ATTACKER)

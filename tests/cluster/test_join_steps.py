@@ -9,8 +9,9 @@ from types import SimpleNamespace
 import pytest
 
 from pamportal.audit.actions import AuditAction
-from pamportal.cluster import jobs, services
-from pamportal.cluster.local_member import member_name
+from pamportal.cluster import jobs
+from pamportal.cluster.local_etcd import member_name
+from pamportal.cluster.members import ca_row
 from pamportal.cluster.models import (
     ClusterMember,
     JoinRequest,
@@ -19,6 +20,9 @@ from pamportal.cluster.models import (
     RequestState,
     RevokedCertificate,
 )
+from pamportal.cluster.refusals import ClusterRefused
+from pamportal.cluster.removal import removal_request_create
+from pamportal.cluster.requests import join_request_vote, removal_request_vote
 from pamportal.crypto.ca import certificate_info, verify_issued_by
 from pamportal.jobs.choices import Status
 from pamportal.jobs.models import Job
@@ -29,7 +33,7 @@ from tests.cluster.conftest import FOLLOWER, code_for, events, join_request_made
 def approved(client, operator, approvers, mek, address=FOLLOWER) -> JoinRequest:
     request, body = join_request_made(client, operator, mek, address)
     for approver in approvers[:2]:
-        services.join_request_vote(request_id=request.pk, user=approver, decision="approve",
+        join_request_vote(request_id=request.pk, user=approver, decision="approve",
                                    totp_code=code_for(approver))
     request.refresh_from_db()
     assert request.state == RequestState.APPROVED
@@ -54,7 +58,7 @@ def test_join_happy_path(leader, operator, approvers, client, fake_etcd):
     assert etcd_member is not None and etcd_member.is_voter and str(etcd_member.id) == request.etcd_member_id
     assert fake_etcd.count("member_add") == 1
     # The certificate is the cluster CA's, for the follower's address.
-    ca_pem = services._ca_row().cert_pem.encode()
+    ca_pem = ca_row().cert_pem.encode()
     verify_issued_by(request.cert_pem.encode(), ca_pem)
     assert FOLLOWER in certificate_info(request.cert_pem.encode()).names
     assert Node.objects.get().role == NodeRole.LEADER
@@ -163,14 +167,14 @@ def test_removal_needs_approvals_and_keeps_quorum(leader, operator, approvers, c
     assert run_job(first.job_id) == "succeeded"
     member = ClusterMember.objects.get(address="127.0.0.12")
     # Two voting members: removing one loses quorum.
-    with pytest.raises(services.ClusterRefused, match="lose quorum"):
-        services.removal_request_create(user=operator, member_id=member.pk, reason="decommissioning the box")
+    with pytest.raises(ClusterRefused, match="lose quorum"):
+        removal_request_create(user=operator, member_id=member.pk, reason="decommissioning the box")
     assert events(AuditAction.CLUSTER_REMOVAL_REFUSED)[-1].data["reason"] == "would lose quorum"
     second = approved(client, operator, approvers, leader["mek"], "127.0.0.13")
     assert run_job(second.job_id) == "succeeded"
-    removal = services.removal_request_create(user=operator, member_id=member.pk, reason="decommissioning the box")
+    removal = removal_request_create(user=operator, member_id=member.pk, reason="decommissioning the box")
     for approver in approvers[:2]:
-        services.removal_request_vote(request_id=removal.pk, user=approver, decision="approve",
+        removal_request_vote(request_id=removal.pk, user=approver, decision="approve",
                                       totp_code=code_for(approver))
     removal.refresh_from_db()
     assert removal.state == RequestState.APPROVED
@@ -181,3 +185,22 @@ def test_removal_needs_approvals_and_keeps_quorum(leader, operator, approvers, c
     assert RevokedCertificate.objects.filter(serial=member.cert_serial).exists()
     assert events(AuditAction.CLUSTER_NODE_REMOVED)
     assert RemovalRequest.objects.get(pk=removal.pk).state == RequestState.DONE
+
+
+@pytest.mark.parametrize("state", [MemberState.FAILED, MemberState.JOINING, MemberState.ACTIVE])
+def test_a_failed_removal_puts_the_member_back_in_its_own_state(leader, operator, approvers, client, fake_etcd,
+                                                                 state):
+    for address in ("127.0.0.12", "127.0.0.13"):
+        assert run_job(approved(client, operator, approvers, leader["mek"], address).job_id) == "succeeded"
+    member = ClusterMember.objects.get(address="127.0.0.12")
+    ClusterMember.objects.filter(pk=member.pk).update(state=state)
+    removal = removal_request_create(user=operator, member_id=member.pk, reason="decommissioning the box")
+    for approver in approvers[:2]:
+        removal_request_vote(request_id=removal.pk, user=approver, decision="approve", totp_code=code_for(approver))
+    removal.refresh_from_db()
+    fake_etcd.fail_on = {"member_remove"}
+    assert run_job(removal.job_id) == "failed"
+    member.refresh_from_db()
+    assert member.state == state
+    assert RemovalRequest.objects.get(pk=removal.pk).state == RequestState.FAILED
+    assert events(AuditAction.CLUSTER_REMOVAL_FAILED)

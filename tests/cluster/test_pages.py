@@ -1,6 +1,7 @@
 """The cluster pages through real URLs with users of each role."""
-
 from __future__ import annotations
+
+import copy
 
 import pytest
 from django.db import connection
@@ -9,8 +10,16 @@ from django.urls import reverse
 
 from pamportal.accounts.roles import Role
 from pamportal.audit.actions import AuditAction
-from pamportal.cluster.models import ApprovalPolicy, BundleState, JoiningBundle, JoinRequest, RemovalRequest
+from pamportal.cluster.models import (
+    ApprovalPolicy,
+    BundleState,
+    ClusterMember,
+    JoiningBundle,
+    JoinRequest,
+    RemovalRequest,
+)
 from tests.cluster.conftest import FOLLOWER, code_for, events, generate_bundle, join_request_made, run_job
+from tests.cluster.test_join_steps import approved
 
 ROLES = [Role.VIEWER, Role.OPERATOR, Role.APPROVER, Role.ADMINISTRATOR, Role.AUDITOR]
 
@@ -84,8 +93,6 @@ def test_bundles_page_query_count_is_flat(leader, as_role, client):
 @pytest.fixture
 def badge(settings):
     """The navigation badge's context processor, registered as the console does."""
-    import copy
-
     name = "pamportal.cluster.context_processors.pending_approvals"
     templates = copy.deepcopy(settings.TEMPLATES)
     processors = templates[0]["OPTIONS"]["context_processors"]
@@ -127,6 +134,14 @@ def test_non_approvers_cannot_vote(leader, operator, as_role, client, role):
     assert JoinRequest.objects.get(pk=request.pk).votes.count() == 0
 
 
+def test_the_policy_page_reads_without_writing(leader, as_role, client):
+    as_role(Role.ADMINISTRATOR)
+    ApprovalPolicy.objects.all().delete()
+    response = client.get(reverse("cluster:policy"))
+    assert response.status_code == 200
+    assert not ApprovalPolicy.objects.exists()  # the defaults are shown; nothing is saved
+
+
 def test_administrator_changes_the_policy(leader, as_role, client):
     as_role(Role.ADMINISTRATOR)
     response = client.post(reverse("cluster:policy"), {"required_approvals": 3, "approver_role": "approver",
@@ -138,8 +153,6 @@ def test_administrator_changes_the_policy(leader, as_role, client):
 
 
 def test_overview_shows_members_tolerance_and_diagram(leader, operator, approvers, client, login_client):
-    from tests.cluster.test_join_steps import approved
-
     for address in ("127.0.0.12", "127.0.0.13"):
         request = approved(client, operator, approvers, leader["mek"], address)
         assert run_job(request.job_id) == "succeeded"
@@ -152,9 +165,6 @@ def test_overview_shows_members_tolerance_and_diagram(leader, operator, approver
 
 
 def test_remove_request_from_the_overview(leader, operator, approvers, client, login_client):
-    from pamportal.cluster.models import ClusterMember
-    from tests.cluster.test_join_steps import approved
-
     for address in ("127.0.0.12", "127.0.0.13"):
         run_job(approved(client, operator, approvers, leader["mek"], address).job_id)
     login_client(operator)

@@ -4,9 +4,14 @@ major.feature version, never the patch level; the follower's check still works w
 
 from __future__ import annotations
 
+import time
+from types import SimpleNamespace
+
+import pytest
 from django.conf import settings
 
-from pamportal.cluster import protocol
+from pamportal.cluster import follower, protocol
+from pamportal.cluster.follower_models import JoinState
 
 
 def test_time_tells_only_major_feature(leader, client, settings):
@@ -28,15 +33,11 @@ def test_the_follower_compares_major_feature_only():
 
 def test_the_follower_preflight_reads_the_feature_version(monkeypatch, db, settings, tmp_path):
     """The follower's check against the leader's answer, as join_preflight runs it."""
-    from pamportal.setup import join as follower
-
     major, feature, _ = protocol.parse_version(settings.PAM_VERSION)
     answers = {"ok": True, "epoch": 0.0, "feature_version": f"{major}.{feature}"}
     seen = {}
 
     def fake_call(join, path, **kwargs):
-        import time
-
         return 200, {**answers, "epoch": time.time()}
 
     monkeypatch.setattr(follower, "leader_call", fake_call)
@@ -52,10 +53,6 @@ def test_the_follower_preflight_reads_the_feature_version(monkeypatch, db, setti
 
 
 def _run_preflight(follower, monkeypatch):
-    from types import SimpleNamespace
-
-    from pamportal.setup.models import JoinState
-
     join = SimpleNamespace(
         state=JoinState.OPENED, leader_address="127.0.0.1", leader_version="0.0.1", own_address="127.0.0.12",
         leader_ports={"https": 1, "etcd_client": 1, "etcd_peer": 1, "setup_api": 1, "delegation": 1},
@@ -67,3 +64,22 @@ def _run_preflight(follower, monkeypatch):
     follower.join_preflight(user=None)
     checks = {r["id"]: r for r in join.preflight}
     assert checks["version.compatible"]["ok"], checks["version.compatible"]
+
+
+@pytest.mark.parametrize("body, code, message_part", [
+    (b"not json", "bad_request", "the body is not JSON"),
+    (b"\xef\xbb\xbf{}", "bad_request", "the body is not JSON"),
+    (b'{"a": "x\x00"}', "bad_request", "the body is not JSON"),
+    (b"\xff\xfe{}", "bad_request", "the body is not UTF-8"),
+    (b'{"a": 1, "a": 2}', "bad_request", "a field appears twice"),
+    (b'{"a": NaN}', "bad_request", "NaN and Infinity are not allowed in JSON"),
+    (b"[" * 17 + b"]" * 17, "too_deep", "more than 16 levels"),
+    (b'{"a": "\\ud800"}', "lone_surrogate", "the value of the field \"a\""),
+    (b'{"a": "\\u0000"}', "nul_character", "the value of the field \"a\""),
+    (b'{"a": ' + b"9" * 80 + b"}", "number_too_large", "an integer of 80 digits"),
+    (b"{}" + b" " * 100, "too_large", "(64 bytes)"),
+])
+def test_strict_loading_keeps_the_setup_api_codes_and_messages(body, code, message_part):
+    with pytest.raises(protocol.ProtocolError) as refused:
+        protocol.loads_strict(body, max_bytes=64 if code == "too_large" else 4096)
+    assert refused.value.code == code and message_part in refused.value.message

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import json
 from datetime import datetime, timedelta, timezone
 
 from django.core.files.uploadedfile import SimpleUploadedFile
 from django.urls import reverse
 
 from pamportal.audit.actions import AuditAction
-from pamportal.audit.models import AuditEvent
 from pamportal.crypto import licence as fmt
+from tests.support.audit import events
 
 
 def minted(*, customer="ACME Ltd", edition="enterprise", max_nodes=5, features=("audit-export", "sso"),
@@ -35,7 +34,4 @@ def upload(client, data: bytes, name: str = "licence.json"):
 
 
 def refusals():
-    rows = list(AuditEvent.objects.filter(action=AuditAction.LICENCE_REFUSED).order_by("position"))
-    for row in rows:
-        row.data = json.loads(row.details or "{}")
-    return rows
+    return events(AuditAction.LICENCE_REFUSED)

@@ -3,7 +3,6 @@ checks and the production guard against the test key."""
 
 from __future__ import annotations
 
-import json
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -17,23 +16,16 @@ from django.urls import reverse
 
 from pamportal.accounts.roles import Role
 from pamportal.audit.actions import AuditAction, Outcome
-from pamportal.audit.models import AuditEvent
 from pamportal.licensing.context_processors import banner_for, licence_banner
 from pamportal.licensing.models import Licence
 from pamportal.licensing.selectors import licence_current, licence_status
 from pamportal.licensing.services import LicenceRefused, licence_install
 from tests.licensing.helpers import minted, refusals, upload
+from tests.support.audit import events as _events
 
 pytestmark = pytest.mark.django_db
 
 T = datetime(2026, 6, 1, 12, 0, tzinfo=timezone.utc)
-
-
-def _events(action):
-    rows = list(AuditEvent.objects.filter(action=action).order_by("position"))
-    for row in rows:
-        row.data = json.loads(row.details)
-    return rows
 
 
 def test_mint_upload_and_the_page_shows_it(admin):

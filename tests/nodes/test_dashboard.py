@@ -11,21 +11,13 @@ from django.urls import reverse
 
 from pamportal.accounts.roles import Role
 from pamportal.jobs.choices import Status
+from pamportal.jobs.engine import job_execute, step_claim
 from pamportal.jobs.models import Job
-from pamportal.jobs.services import job_create, job_execute, step_claim
+from pamportal.jobs.services import job_create
 from pamportal.nodes.facts import KIND
 from pamportal.nodes.selectors import node_facts_latest, node_facts_running
 
 pytestmark = pytest.mark.django_db
-
-
-@pytest.fixture
-def as_role(admin_user, make_user, login_client, client):
-    def login(role: Role):
-        user = admin_user if role == Role.ADMINISTRATOR else make_user(f"u-{role}", role)
-        return login_client(user, client)
-
-    return login
 
 
 def collect_in_process() -> Job:
@@ -63,8 +55,9 @@ def test_dashboard_shows_identity_and_the_facts(as_role):
     assert f"<td>{facts['cpu_count']}</td>" in body
     assert facts["python"] in body and facts["django"] in body and facts["celery"] in body
     assert facts["utc"] in body
-    if facts["listening_ports"]:
-        assert str(facts["listening_ports"][0]) in body
+    if not facts["listening_ports"]:
+        pytest.skip("nothing listens on this machine, so there is no port for the page to show")
+    assert str(facts["listening_ports"][0]) in body
 
 
 def test_dashboard_without_facts_offers_collection_to_operators_only(as_role):

@@ -10,7 +10,7 @@ from pamportal.accounts.roles import Role
 from pamportal.audit.actions import AuditAction, Outcome
 from pamportal.crypto import mek
 from pamportal.nodes import keystore
-from pamportal.setup import services
+from pamportal.setup import wizard
 from tests.accounts.helpers import events
 from tests.setup.helpers import ADDRESS, through_mek
 
@@ -18,26 +18,14 @@ pytestmark = pytest.mark.django_db
 
 
 @pytest.fixture(autouse=True)
-def data_dir(settings, tmp_path):
-    settings.PAM_DATA_DIR = tmp_path
-    settings.PAM_TLS_CERT = tmp_path / "tls" / "node.crt"
-    settings.PAM_TLS_KEY = tmp_path / "tls" / "node.key"
-    return tmp_path
-
-
-@pytest.fixture
-def as_role(admin_user, make_user, login_client, client):
-    def login(role: Role):
-        user = admin_user if role == Role.ADMINISTRATOR else make_user(f"u-{role}", role)
-        return login_client(user, client)
-
-    return login
+def data_dir(data_dir):
+    return data_dir
 
 
 @pytest.fixture
 def finalised(admin_user):
     key = through_mek(admin_user)
-    services.setup_finalise(user=admin_user)
+    wizard.setup_finalise(user=admin_user)
     return key
 
 

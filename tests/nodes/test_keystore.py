@@ -4,12 +4,6 @@ from pamportal.crypto import mek
 from pamportal.nodes import keystore
 
 
-@pytest.fixture
-def data_dir(tmp_path, settings):
-    settings.PAM_DATA_DIR = tmp_path
-    return tmp_path
-
-
 def test_no_mek_until_installed(data_dir):
     assert not keystore.mek_exists()
     with pytest.raises(keystore.MekMissing):

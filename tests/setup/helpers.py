@@ -10,10 +10,11 @@ from django.urls import reverse
 from pamportal.crypto import mek
 from pamportal.jobs.choices import Status
 from pamportal.jobs.models import Job
-from pamportal.nodes import keystore
+from pamportal.licensing.services import licence_install
+from pamportal.nodes import keys, keystore
 from pamportal.preflight.checks import CheckStatus
 from pamportal.preflight.models import CheckOutcome
-from pamportal.setup import services
+from pamportal.setup import wizard
 from tests.licensing.helpers import minted
 
 ADDRESS = "node1.example.com"
@@ -36,30 +37,28 @@ def licence_file(**kwargs) -> SimpleUploadedFile:
 
 
 def through_node(user):
-    services.setup_node_set(user=user, address=ADDRESS, ntp_servers=NTP)
+    wizard.setup_node_set(user=user, address=ADDRESS, ntp_servers=NTP)
 
 
 def through_preflight(user):
     through_node(user)
-    finish_preflight(services.setup_preflight_start(user=user))
-    services.setup_preflight_pass(user=user)
+    finish_preflight(wizard.setup_preflight_start(user=user))
+    wizard.setup_preflight_pass(user=user)
 
 
 def through_licence(user):
-    from pamportal.licensing.services import licence_install
-
     through_preflight(user)
     licence_install(data=minted(), user=user)
-    services.setup_licence_done(user=user)
+    wizard.setup_licence_done(user=user)
 
 
 def through_mek(user) -> bytes:
     """Up to a confirmed MEK; returns the key."""
     through_licence(user)
-    services.setup_mek_generate(user=user)
+    keys.mek_generate(user=user)
     key = keystore.mek_load()
-    services.setup_mek_reveal(user=user)
-    assert services.setup_mek_confirm(user=user, typed=mek.encode(key)).ok
+    keys.mek_reveal(user=user)
+    assert keys.mek_confirm(user=user, typed=mek.encode(key)).ok
     return key
 
 

@@ -24,8 +24,9 @@ from pamportal.audit.models import AuditEvent
 from pamportal.crypto import ca, mek
 from pamportal.nodes import keystore
 from pamportal.nodes.models import Certificate, CertificateKind
+from pamportal.nodes.progress import StepRefused
 from pamportal.nodes.selectors import node_current
-from pamportal.setup import services
+from pamportal.setup import wizard
 from tests.accounts.helpers import events
 
 from .helpers import ADDRESS, NTP, finish_preflight, groups_in, licence_file, through_mek
@@ -84,8 +85,8 @@ def test_finalise_creates_the_ca_and_the_node_certificate_and_serves_it(admin, a
     # The wizard is over: its steps lead to the dashboard, and finalise cannot run twice.
     for name in ("setup:node", "setup:mek", "setup:finalise"):
         assert admin.get(reverse(name))["Location"] == reverse("nodes:dashboard")
-    with pytest.raises(services.StepRefused, match="already finalised"):
-        services.setup_finalise(user=admin_user)
+    with pytest.raises(StepRefused, match="already finalised"):
+        wizard.setup_finalise(user=admin_user)
     assert Certificate.objects.count() == 2
 
 
@@ -96,7 +97,7 @@ def test_finalise_is_atomic(admin, admin_user, data_dir):
     before_audit = AuditEvent.objects.count()
     with mock.patch("pamportal.nodes.services.node_tls_files_write", side_effect=OSError("disk full")):
         with pytest.raises(OSError):
-            services.setup_finalise(user=admin_user)
+            wizard.setup_finalise(user=admin_user)
     node = node_current()
     assert not node.finalised and node.finalised_at is None
     assert not Certificate.objects.exists()
@@ -106,16 +107,16 @@ def test_finalise_is_atomic(admin, admin_user, data_dir):
     # Failing half-way through the second certificate leaves nothing either.
     with mock.patch("pamportal.crypto.ca.issue_node_certificate", side_effect=ValueError("boom")):
         with pytest.raises(ValueError):
-            services.setup_finalise(user=admin_user)
+            wizard.setup_finalise(user=admin_user)
     assert not Certificate.objects.exists() and not node_current().finalised
     # And it still works afterwards.
-    services.setup_finalise(user=admin_user)
+    wizard.setup_finalise(user=admin_user)
     assert node_current().finalised and Certificate.objects.count() == 2
 
 
 def test_tls_ensure_restores_the_ca_signed_certificate_of_a_finalised_node(admin_user, data_dir):
     through_mek(admin_user)
-    services.setup_finalise(user=admin_user)
+    wizard.setup_finalise(user=admin_user)
     served = settings.PAM_TLS_CERT.read_bytes()
     settings.PAM_TLS_CERT.unlink()
     settings.PAM_TLS_KEY.unlink()
@@ -142,7 +143,7 @@ def _walk_whole_wizard(admin, admin_user) -> bytes:
     """Every step after the administrator, through the pages."""
     admin.post(reverse("setup:node"), {"address": ADDRESS, "ntp_servers": "\n".join(NTP)})
     admin.post(reverse("setup:preflight_start"))
-    finish_preflight(services.setup_preflight_start(user=admin_user))
+    finish_preflight(wizard.setup_preflight_start(user=admin_user))
     admin.post(reverse("setup:preflight_next"))
     admin.post(reverse("setup:licence"), {"licence_file": licence_file()})
     admin.post(reverse("setup:licence_next"))

@@ -5,6 +5,7 @@ message, an audit event, and no change (no MEK installed, no join recorded)."""
 from __future__ import annotations
 
 import html
+import socket
 
 import pytest
 from django.core.files.uploadedfile import SimpleUploadedFile
@@ -13,17 +14,18 @@ from django.urls import reverse
 from pamportal.accounts.roles import Role
 from pamportal.audit.actions import AuditAction
 from pamportal.audit.models import AuditEvent
+from pamportal.cluster.follower import _port_free
+from pamportal.cluster.follower_models import FollowerJoin, JoinState
 from pamportal.crypto import mek
 from pamportal.nodes import keystore
-from pamportal.setup.models import FollowerJoin, JoinState
-from tests.crypto.bundle_corpus import CORPUS, FOLLOWER, GOOD, MEK, NOW, OTHER_MEK
+from tests.crypto.bundle_corpus import CORPUS, FOLLOWER, GOOD, MEK, NOW, OTHER_MEK, TOKEN
 
 
 @pytest.fixture
 def follower(make_user, login_client, settings, tmp_path, monkeypatch):
     settings.PAM_DATA_DIR = tmp_path
     # The corpus is made for a fixed moment; the follower's clock reads it.
-    monkeypatch.setattr("pamportal.setup.join.timezone.now", lambda: NOW)
+    monkeypatch.setattr("pamportal.cluster.follower.timezone.now", lambda: NOW)
     return login_client(make_user("follower-admin", Role.ADMINISTRATOR))
 
 
@@ -115,8 +117,6 @@ def test_good_bundle_opens_installs_the_mek_and_keeps_no_secret_in_clear(followe
     join = FollowerJoin.objects.get()
     assert join.state == JoinState.OPENED and join.own_address == FOLLOWER
     assert keystore.mek_load() == MEK
-    from tests.crypto.bundle_corpus import TOKEN
-
     assert TOKEN not in join.sealed_join_token  # sealed under the MEK
     assert AuditEvent.objects.filter(action=AuditAction.JOIN_BUNDLE_OPENED).count() == 1
     page = follower.get(reverse("setup:join_status"), secure=True)
@@ -130,9 +130,6 @@ def test_viewer_cannot_join(make_user, login_client, admin_user, client):
 
 
 def test_own_port_check_tells_a_listener_from_time_wait():
-    import socket
-
-    from pamportal.setup.join import _port_free
 
     with socket.socket() as listener:
         listener.bind(("127.0.0.1", 0))

@@ -4,16 +4,20 @@ MEK (shown once, downloaded once, confirmed by typing it back) and finalise."""
 from __future__ import annotations
 
 import pytest
+from django.core.files.uploadedfile import SimpleUploadedFile
 from django.urls import reverse
 
 from pamportal.accounts.roles import Role
 from pamportal.audit.actions import AuditAction, Outcome
 from pamportal.crypto import mek
-from pamportal.nodes import keystore
+from pamportal.nodes import keys, keystore
 from pamportal.nodes.models import Node
+from pamportal.nodes.progress import StepRefused
 from pamportal.nodes.selectors import node_current
 from pamportal.preflight.checks import CheckStatus
-from pamportal.setup import services
+from pamportal.preflight.models import CheckOutcome, PreflightRun
+from pamportal.preflight.services import preflight_warning_accept
+from pamportal.setup import wizard
 from tests.accounts.helpers import events
 
 from .helpers import (
@@ -110,8 +114,6 @@ def test_preflight_runs_with_the_node_address_and_ntp_servers(admin, admin_user)
     assert "Preflight has not run" in page
     assert admin.post(reverse("setup:preflight_start"))["Location"] == reverse("setup:preflight")
     node = node_current()
-    from pamportal.preflight.models import PreflightRun
-
     run = PreflightRun.objects.get(pk=node.preflight_run_id)
     assert run.context["address"] == ADDRESS and list(run.context["ntp_servers"]) == NTP
     assert "licence.valid" in run.context["skip"]
@@ -125,7 +127,7 @@ def test_preflight_runs_with_the_node_address_and_ntp_servers(admin, admin_user)
 
 def test_a_failing_error_blocks_next_and_a_passing_run_goes_on(admin, admin_user):
     through_node(admin_user)
-    run = services.setup_preflight_start(user=admin_user)
+    run = wizard.setup_preflight_start(user=admin_user)
     finish_preflight(run, failing={"disk.data-dir": CheckStatus.FAIL})
     page = admin.get(reverse("setup:preflight")).content.decode()
     assert 'id="preflight-next" disabled' in page and "disk.data-dir" in page
@@ -134,20 +136,17 @@ def test_a_failing_error_blocks_next_and_a_passing_run_goes_on(admin, admin_user
     assert node_current().preflight_passed_at is None
 
     admin.post(reverse("setup:preflight_start"))
-    finish_preflight(services.setup_preflight_start(user=admin_user))
+    finish_preflight(wizard.setup_preflight_start(user=admin_user))
     assert admin.post(reverse("setup:preflight_next"))["Location"] == reverse("setup:licence")
     assert events(AuditAction.SETUP_PREFLIGHT_PASSED)
     # Changing the address afterwards voids the preflight result.
-    services.setup_node_set(user=admin_user, address="node2.example.com", ntp_servers=NTP)
+    wizard.setup_node_set(user=admin_user, address="node2.example.com", ntp_servers=NTP)
     assert admin.get(reverse("setup:start"))["Location"] == reverse("setup:preflight")
 
 
 def test_an_unaccepted_warning_blocks_until_accepted(admin, admin_user):
-    from pamportal.preflight.models import CheckOutcome
-    from pamportal.preflight.services import preflight_warning_accept
-
     through_node(admin_user)
-    run = services.setup_preflight_start(user=admin_user)
+    run = wizard.setup_preflight_start(user=admin_user)
     finish_preflight(run, failing={"hardware.cpu": CheckStatus.FAIL})
     response = admin.post(reverse("setup:preflight_next"), follow=True)
     assert "block setup" in response.content.decode()
@@ -161,8 +160,6 @@ def test_licence_step_refuses_a_bad_file_with_the_licensing_message(admin, admin
     through_preflight(admin_user)
     page = admin.get(reverse("setup:licence")).content.decode()
     assert 'name="licence_file"' in page and f'action="{reverse("setup:licence")}"' in page
-    from django.core.files.uploadedfile import SimpleUploadedFile
-
     response = post_licence(admin, SimpleUploadedFile("licence.json", b"{not json", content_type="application/json"))
     assert response.status_code == 400
     assert 'role="alert"' in response.content.decode()
@@ -253,13 +250,13 @@ def test_an_unconfirmed_mek_may_be_discarded_and_a_new_one_generated(admin, admi
 def test_a_key_file_left_by_an_uncommitted_attempt_is_replaced(admin_user):
     through_licence(admin_user)
     keystore.mek_install(mek.generate())  # as if the row's transaction had rolled back
-    services.setup_mek_generate(user=admin_user)
+    keys.mek_generate(user=admin_user)
     assert node_current().mek_fingerprint == mek.fingerprint(keystore.mek_load())
 
 
 def test_every_single_character_typo_is_caught_at_the_confirm_step(admin_user):
     through_licence(admin_user)
-    services.setup_mek_generate(user=admin_user)
+    keys.mek_generate(user=admin_user)
     compact = mek.encode(keystore.mek_load()).replace("-", "")
     tried = 0
     for position, original in enumerate(compact):
@@ -267,7 +264,7 @@ def test_every_single_character_typo_is_caught_at_the_confirm_step(admin_user):
             if replacement == original:
                 continue
             typo = compact[:position] + replacement + compact[position + 1:]
-            result = services.setup_mek_confirm(user=admin_user, typed=typo)
+            result = keys.mek_confirm(user=admin_user, typed=typo)
             assert not result.ok, f"typo at {position} ({original}->{replacement}) accepted"
             assert "mistyped" in result.message or "not valid base32" in result.message
             tried += 1
@@ -276,14 +273,14 @@ def test_every_single_character_typo_is_caught_at_the_confirm_step(admin_user):
     failures = events(AuditAction.MEK_CONFIRM_FAILED)
     assert len(failures) == tried and {e.data["reason"] for e in failures} <= {"checksum", "format"}
     # Dropped and doubled characters are caught too.
-    assert not services.setup_mek_confirm(user=admin_user, typed=compact[:-1]).ok
-    assert not services.setup_mek_confirm(user=admin_user, typed=compact + "A").ok
+    assert not keys.mek_confirm(user=admin_user, typed=compact[:-1]).ok
+    assert not keys.mek_confirm(user=admin_user, typed=compact + "A").ok
 
 
 @pytest.mark.parametrize("position", [0, 17, 51, 52, 55])
 def test_a_typo_through_the_page_says_a_character_was_mistyped(admin, admin_user, position):
     through_licence(admin_user)
-    services.setup_mek_generate(user=admin_user)
+    keys.mek_generate(user=admin_user)
     compact = mek.encode(keystore.mek_load()).replace("-", "")
     typo = compact[:position] + ("Q" if compact[position] != "Q" else "R") + compact[position + 1:]
     response = admin.post(reverse("setup:mek_confirm"), {"mek": typo})
@@ -311,8 +308,8 @@ def test_anonymous_is_sent_to_log_in(admin_user, client):
 
 
 def test_a_step_refuses_when_earlier_steps_are_not_done(admin_user):
-    with pytest.raises(services.StepRefused, match="node address"):
-        services.setup_mek_generate(user=admin_user)
+    with pytest.raises(StepRefused, match="node address"):
+        keys.mek_generate(user=admin_user)
     through_preflight(admin_user)
-    with pytest.raises(services.StepRefused, match="licence"):
-        services.setup_finalise(user=admin_user)
+    with pytest.raises(StepRefused, match="licence"):
+        wizard.setup_finalise(user=admin_user)

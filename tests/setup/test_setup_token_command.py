@@ -6,13 +6,15 @@ import hashlib
 import io
 import re
 import stat
+from datetime import timedelta
 
 import pytest
 from django.core.management import call_command
 from django.urls import reverse
+from django.utils import timezone
 
 from pamportal.audit.actions import AuditAction
-from pamportal.setup import services
+from pamportal.setup import selectors
 from pamportal.setup.models import SetupToken
 from tests.accounts.helpers import events
 
@@ -65,13 +67,10 @@ def test_issues_a_new_token_when_the_file_does_not_match(data_dir):
     (data_dir / "setup-token").write_text("NOT-THE-TOKEN\n")
     second = token_of(run())
     assert second != first
-    assert services.setup_token_current().token == second
+    assert selectors.setup_token_current().token == second
 
 
 def test_issues_a_new_token_when_the_current_one_expired(data_dir):
-    from datetime import timedelta
-
-    from django.utils import timezone
 
     first = token_of(run())
     SetupToken.objects.update(expires_at=timezone.now() - timedelta(minutes=1))

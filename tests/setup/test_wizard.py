@@ -13,7 +13,8 @@ from django.utils import timezone
 from pamportal.accounts.models import TOTPDevice
 from pamportal.accounts.roles import Role
 from pamportal.audit.actions import AuditAction, Outcome
-from pamportal.setup import services
+from pamportal.setup import administrator
+from pamportal.setup import token as tokens
 from pamportal.setup.models import SetupToken
 from tests.accounts.helpers import events
 from tests.conftest import totp_fresh, totp_now
@@ -29,7 +30,7 @@ def _post_token(client, token):
 
 def _wizard_device(client) -> TOTPDevice:
     state = client.session["pam_setup"]
-    return services.setup_totp_device(username=state["username"], key=state["totp_key"])
+    return administrator.setup_totp_device(username=state["username"], key=state["totp_key"])
 
 
 def _through_admin_step(client, token, username="first-admin"):
@@ -52,7 +53,7 @@ def test_every_page_leads_to_setup_until_an_administrator_exists(client):
 
 
 def test_full_wizard_creates_administrator_with_totp_and_logs_in(client, data_dir, django_capture_on_commit_callbacks):
-    issued = services.setup_token_issue()
+    issued = tokens.setup_token_issue()
     assert (data_dir / "setup-token").exists()
     page = client.get(reverse("setup:token"))
     assert page.status_code == 200
@@ -73,8 +74,8 @@ def test_full_wizard_creates_administrator_with_totp_and_logs_in(client, data_di
     html = page.content.decode()
     assert "<svg" in html and 'class="qr"' in html and "style=" not in html
     device = _wizard_device(client)
-    assert services.base32_secret(device.key) in html
-    assert client.get(reverse("setup:totp")).content.decode().count(services.base32_secret(device.key)) == 1
+    assert administrator.base32_secret(device.key) in html
+    assert client.get(reverse("setup:totp")).content.decode().count(administrator.base32_secret(device.key)) == 1
 
     with django_capture_on_commit_callbacks(execute=True):
         response = client.post(reverse("setup:totp"), {"otp_token": totp_fresh(device)})
@@ -114,7 +115,7 @@ def test_full_wizard_creates_administrator_with_totp_and_logs_in(client, data_di
 
 
 def test_wrong_token_is_refused_with_message_and_audit(client):
-    services.setup_token_issue()
+    tokens.setup_token_issue()
     response = _post_token(client, "AAAA-BBBB-CCCC-DDDD-EEEE-FFFF-GGGG-HHHH")
     assert response.status_code == 200
     assert b"That is not the setup token printed at the console" in response.content
@@ -127,7 +128,7 @@ def test_wrong_token_is_refused_with_message_and_audit(client):
 
 @pytest.mark.parametrize("junk", ["", "   ", "x" * 199, "'; DROP TABLE users; --", "\u202e\u0000abc"])
 def test_junk_tokens_never_500(client, junk):
-    services.setup_token_issue()
+    tokens.setup_token_issue()
     response = _post_token(client, junk)
     assert response.status_code == 200
     assert b"setup token" in response.content.lower()
@@ -135,7 +136,7 @@ def test_junk_tokens_never_500(client, junk):
 
 
 def test_expired_token_is_refused(client):
-    issued = services.setup_token_issue()
+    issued = tokens.setup_token_issue()
     SetupToken.objects.update(expires_at=timezone.now() - timedelta(seconds=1))
     response = _post_token(client, issued.token)
     assert response.status_code == 200
@@ -146,8 +147,8 @@ def test_expired_token_is_refused(client):
 
 
 def test_replaced_token_is_refused(client):
-    first = services.setup_token_issue()
-    services.setup_token_issue()
+    first = tokens.setup_token_issue()
+    tokens.setup_token_issue()
     response = _post_token(client, first.token)
     assert b"replaced by a newer one" in response.content
     assert events(AuditAction.SETUP_TOKEN_REJECTED)[0].data["reason"] == "replaced"
@@ -155,7 +156,7 @@ def test_replaced_token_is_refused(client):
 
 
 def test_reused_token_is_refused_after_setup(client, django_capture_on_commit_callbacks):
-    issued = services.setup_token_issue()
+    issued = tokens.setup_token_issue()
     _through_admin_step(client, issued.token)
     with django_capture_on_commit_callbacks(execute=True):
         client.post(reverse("setup:totp"), {"otp_token": totp_now(_wizard_device(client))})
@@ -170,7 +171,7 @@ def test_reused_token_is_refused_after_setup(client, django_capture_on_commit_ca
 
 
 def test_used_token_is_refused_even_without_administrator(client):
-    issued = services.setup_token_issue()
+    issued = tokens.setup_token_issue()
     SetupToken.objects.update(used_at=timezone.now())
     response = _post_token(client, issued.token)
     assert b"already been used" in response.content
@@ -178,18 +179,18 @@ def test_used_token_is_refused_even_without_administrator(client):
 
 
 def test_guessing_is_limited_per_address(client):
-    issued = services.setup_token_issue()
-    for _ in range(services.MAX_REJECTIONS):
+    issued = tokens.setup_token_issue()
+    for _ in range(tokens.MAX_REJECTIONS):
         _post_token(client, "WRONG")
     response = _post_token(client, issued.token)  # even the right one, now
     assert b"Too many wrong setup tokens" in response.content
     assert events(AuditAction.SETUP_TOKEN_REJECTED)[-1].data["reason"] == "too many attempts"
-    assert len(events(AuditAction.SETUP_TOKEN_REJECTED)) == services.MAX_REJECTIONS + 1
+    assert len(events(AuditAction.SETUP_TOKEN_REJECTED)) == tokens.MAX_REJECTIONS + 1
     assert not events(AuditAction.SETUP_TOKEN_ACCEPTED)
 
 
 def test_bad_totp_code_at_setup_is_refused_and_audited(client):
-    issued = services.setup_token_issue()
+    issued = tokens.setup_token_issue()
     _through_admin_step(client, issued.token)
     device = _wizard_device(client)
     wrong = f"{(int(totp_now(device)) + 1) % 1_000_000:06d}"
@@ -210,7 +211,7 @@ def test_bad_totp_code_at_setup_is_refused_and_audited(client):
 
 
 def test_administrator_step_validates_passwords(client):
-    issued = services.setup_token_issue()
+    issued = tokens.setup_token_issue()
     _post_token(client, issued.token)
     url = reverse("setup:administrator")
     response = client.post(url, {"username": "admin", "password1": ADMIN_PASSWORD, "password2": ADMIN_PASSWORD + "x"})
@@ -224,16 +225,16 @@ def test_administrator_step_validates_passwords(client):
 
 
 def test_token_replaced_mid_wizard_sends_operator_back(client):
-    issued = services.setup_token_issue()
+    issued = tokens.setup_token_issue()
     _through_admin_step(client, issued.token)
-    services.setup_token_issue()  # the console printed a new one meanwhile
+    tokens.setup_token_issue()  # the console printed a new one meanwhile
     response = client.get(reverse("setup:totp"))
     assert response["Location"] == reverse("setup:token")
     assert "pam_setup" not in client.session
 
 
 def test_token_used_elsewhere_before_the_last_step_creates_nothing(client):
-    issued = services.setup_token_issue()
+    issued = tokens.setup_token_issue()
     _through_admin_step(client, issued.token)
     device = _wizard_device(client)
     # Another browser finished with the same token in the meantime: the wizard notices.
@@ -244,11 +245,11 @@ def test_token_used_elsewhere_before_the_last_step_creates_nothing(client):
 
 
 def test_admin_create_rechecks_the_token_under_lock():
-    issued = services.setup_token_issue()
+    issued = tokens.setup_token_issue()
     row = SetupToken.objects.get()
     SetupToken.objects.update(used_at=timezone.now())
-    with pytest.raises(services.SetupRefused) as refused:
-        services.setup_admin_create(
+    with pytest.raises(tokens.SetupRefused) as refused:
+        administrator.setup_admin_create(
             token_id=row.pk, username="late", password_hash="!", totp_key="00" * 20, totp_t=1, totp_drift=0
         )
     assert "already been used" in refused.value.message

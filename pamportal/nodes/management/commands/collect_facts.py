@@ -8,9 +8,9 @@ import socket
 from django.core.management.base import BaseCommand, CommandError
 
 from pamportal.core.context import acting
+from pamportal.jobs.engine import job_execute
 from pamportal.jobs.models import Job
 from pamportal.jobs.selectors import job_output
-from pamportal.jobs.services import job_execute
 from pamportal.nodes.services import node_facts_collect
 
 

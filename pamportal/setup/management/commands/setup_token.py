@@ -4,8 +4,8 @@ from django.conf import settings
 from django.core.management.base import BaseCommand
 
 from pamportal.core import context
-from pamportal.setup import services
-from pamportal.setup.selectors import setup_is_complete
+from pamportal.setup.selectors import setup_is_complete, setup_token_current
+from pamportal.setup.token import setup_token_issue
 
 
 class Command(BaseCommand):
@@ -19,9 +19,9 @@ class Command(BaseCommand):
             self.stdout.write("Setup is complete: this node has an administrator, so there is no setup token. Log in instead.")
             return
         with context.acting(actor_name="console"):
-            issued = None if new else services.setup_token_current()
+            issued = None if new else setup_token_current()
             if issued is None:
-                issued = services.setup_token_issue()
+                issued = setup_token_issue()
         self.stdout.write(f"Setup token: {issued.token}")
         self.stdout.write(
             f"Valid until {issued.expires_at:%Y-%m-%d %H:%M} UTC, once. "

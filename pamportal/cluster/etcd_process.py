@@ -1,4 +1,5 @@
-"""Start and stop the etcd member of one node (Debian's ``etcd-server``, 3.4).
+"""How one node's etcd member process is configured and started (Debian's
+``etcd-server``, 3.4): its URLs, the names its certificate needs, its command line.
 
 One member per node, on the node's address only, with TLS for both client and peer
 traffic and certificates from the cluster CA (client certificates required on both).
@@ -6,10 +7,10 @@ traffic and certificates from the cluster CA (client certificates required on bo
 The join of a follower, in etcd's order:
 
 1. on the leader: ``EtcdClient.member_add([peer_url], learner=True)``;
-2. on the follower: ``start(MemberConfig(..., initial_cluster=initial_cluster_for_join(
-   members, new_member, name), initial_state="existing"))`` — the initial cluster lists
-   the existing members *and* the new one;
-3. on the leader: ``EtcdClient.promote_when_ready(new_member.id)``.
+2. on the follower: ``command_line(MemberConfig(..., initial_cluster=
+   initial_cluster_for_join(members, new_member, name), initial_state="existing"))`` —
+   the initial cluster lists the existing members *and* the new one;
+3. on the leader: ``EtcdClient.member_promote(new_member.id)`` once it has caught up.
 
 A standalone node starts with ``initial_state="new"`` and
 ``initial_cluster=initial_cluster_entry(name, address)``.
@@ -20,15 +21,13 @@ from __future__ import annotations
 import ipaddress
 import os
 import shutil
-import signal
-import subprocess
-import time
+import socket
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from pamportal.cluster.etcd import EtcdClient, EtcdException, Member, Status
+from .etcd import EtcdClient, Member
 
 DEBIAN_PACKAGE = "etcd-server"
 
@@ -39,10 +38,6 @@ class EtcdNotInstalled(RuntimeError):
             f"the etcd binary was not found on PATH or in /usr/bin; install it with "
             f"`apt-get install {DEBIAN_PACKAGE}` (clustering needs etcd 3.4 or later)"
         )
-
-
-class EtcdStartError(RuntimeError):
-    """The member process exited or did not become healthy in time."""
 
 
 def etcd_binary() -> str:
@@ -149,9 +144,6 @@ class MemberConfig:
 def listen_address(address: str) -> str:
     """etcd binds to IP addresses only: an FQDN node address listens on what it
     resolves to (preflight's address.resolves-to-self made sure that is this node)."""
-    import ipaddress
-    import socket
-
     host = address.strip("[]")
     try:
         ipaddress.ip_address(host)
@@ -190,70 +182,3 @@ def command_line(cfg: MemberConfig, *, binary: str | None = None) -> list[str]:
         "--logger=zap",
         "--log-outputs=stderr",
     ]
-
-
-def start(cfg: MemberConfig, log_path: str | Path, *, binary: str | None = None) -> subprocess.Popen:
-    """Start the member in its own process group, output appended to ``log_path``.
-    The data dir is created 0700 (etcd insists on it)."""
-    argv = command_line(cfg, binary=binary)
-    data_dir = Path(cfg.data_dir)
-    data_dir.mkdir(parents=True, exist_ok=True)
-    os.chmod(data_dir, 0o700)
-    log_path = Path(log_path)
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ETCD")}  # flags only
-    with open(log_path, "ab") as log:
-        return subprocess.Popen(
-            argv, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-            start_new_session=True, env=env, close_fds=True,
-        )
-
-
-def stop(proc: subprocess.Popen, *, timeout: float = 10.0) -> int | None:
-    """SIGTERM the member's process group, SIGKILL after ``timeout``. Returns the exit code."""
-    if proc.poll() is None:
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            try:
-                os.killpg(proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            proc.wait(timeout=timeout)
-    return proc.returncode
-
-
-def wait_healthy(
-    client: EtcdClient,
-    timeout: float = 30.0,
-    *,
-    endpoint: str | None = None,
-    proc: subprocess.Popen | None = None,
-    interval: float = 0.2,
-) -> Status:
-    """Wait (at most ``timeout`` seconds) until ``endpoint`` answers ``/health`` with
-    true and reports a leader; returns its status. Raises :class:`EtcdStartError`
-    if ``proc`` exits or time runs out, with the last reason."""
-    deadline = time.monotonic() + timeout
-    last = "not tried"
-    while True:
-        if proc is not None and proc.poll() is not None:
-            raise EtcdStartError(f"etcd exited with code {proc.returncode} before becoming healthy ({last})")
-        ok, detail = client.health(endpoint)
-        last = detail
-        if ok:
-            try:
-                st = client.status(endpoint)
-            except EtcdException as exc:
-                last = str(exc)
-            else:
-                if st.leader:
-                    return st
-                last = "no leader yet"
-        if time.monotonic() + interval > deadline:
-            raise EtcdStartError(f"etcd at {endpoint or client.endpoints[0]} not healthy after {timeout:g}s: {last}")
-        time.sleep(interval)

@@ -9,14 +9,16 @@ the node's.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 from pathlib import Path
 
 from django.conf import settings
 
-from .etcd_member import MemberConfig, initial_cluster_entry
+from pamportal.core.files import write_private
+from pamportal.nodes.services import ca_cert_path
+
+from .etcd_process import MemberConfig, initial_cluster_entry
 
 
 def etcd_dir() -> Path:
@@ -48,16 +50,12 @@ def local_member_configure(*, address: str, name: str | None = None, initial_clu
         "initial_state": initial_state,
         "cluster_token": cluster_token,
     }
-    tmp = config_path().with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, config_path())
+    write_private(config_path(), json.dumps(data, indent=2).encode())
     return config_path()
 
 
 def local_member_config() -> MemberConfig | None:
     """The member configuration, or None while this node has no member."""
-    from pamportal.nodes.services import ca_cert_path
-
     try:
         data = json.loads(config_path().read_text())
     except (FileNotFoundError, ValueError):

@@ -1,7 +1,8 @@
-"""How the leader reaches the cluster: its etcd client and the delegation heartbeat.
+"""How the leader reaches the cluster: its etcd client, etcd's members found by id or
+address, and the followers' delegation API (the heartbeat).
 
 ``etcd_client`` is the one place an ``EtcdClient`` is made, so tests replace it with an
-in-memory fake (``monkeypatch.setattr(membership, "etcd_client", ...)``).
+in-memory fake (``monkeypatch.setattr(connections, "etcd_client", ...)``).
 """
 
 from __future__ import annotations
@@ -15,21 +16,20 @@ from dataclasses import dataclass
 
 from django.conf import settings
 
+from pamportal.nodes.selectors import node_address
+from pamportal.nodes.services import ca_cert_path
+
 from . import conf
 from .etcd import EtcdClient, Member
-from .etcd_member import client_url, peer_url
+from .etcd_process import client_url, peer_url
 
 
 def tls_files() -> tuple[str, str, str]:
     """(CA file, node certificate, node key) as the console serves them."""
-    from pamportal.nodes.services import ca_cert_path
-
     return str(ca_cert_path()), str(settings.PAM_TLS_CERT), str(settings.PAM_TLS_KEY)
 
 
 def leader_client_url() -> str:
-    from pamportal.nodes.selectors import node_address
-
     return client_url(node_address(), conf.etcd_client_port())
 
 

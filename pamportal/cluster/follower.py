@@ -15,97 +15,94 @@ import ssl
 import time
 import urllib.error
 import urllib.request
+from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
+from django.utils.dateparse import parse_datetime
 
 from pamportal.audit.actions import AuditAction, Outcome
+from pamportal.audit.refusals import Refused, audited_refusals
 from pamportal.audit.services import audit_record
-from pamportal.cluster import local_member, protocol
-from pamportal.cluster.etcd_member import certificate_addresses
+from pamportal.core.addresses import address_problem
 from pamportal.crypto import bundle as bundle_format
 from pamportal.crypto import ca as ca_format
 from pamportal.crypto import mek as mek_format
+from pamportal.jobs.choices import OutputLevel
 from pamportal.jobs.registry import JobKind, StepSpec, register
-from pamportal.nodes import keystore
+from pamportal.jobs.services import job_create
+from pamportal.nodes import keys, keystore
+from pamportal.nodes import services as node_services
+from pamportal.nodes.models import Node, NodeRole
+from pamportal.preflight import conf as preflight_conf
+from pamportal.preflight.checks import check_address_self
 
-from .models import FollowerJoin, JoinState
+from . import conf as cluster_conf
+from . import local_etcd, protocol
+from .etcd_process import certificate_addresses
+from .follower_models import FollowerJoin, JoinState
+from .follower_selectors import join_current
 
 FOLLOW_KIND = "cluster.follow"
 CLOCK_LIMIT_SECONDS = 2.0
 PROBE_TIMEOUT = 3.0
 POLL_INTERVAL = 2.0
+# One follow job asks the leader every POLL_INTERVAL for at most this long, then hands
+# over to a new follow job (see ``join_follow``).
+FOLLOW_ROUND_SECONDS = 300.0
 # The seal purposes of what the follower keeps while joining.
 _TOKEN, _POLL, _KEY = "join-token", "join-poll-secret", "node-tls-key"
 
 
-class JoinRefused(Exception):
+class JoinRefused(Refused):
     """A refusal the operator reads, with a stable code for the audit trail."""
 
-    def __init__(self, code: str, message: str):
-        super().__init__(message)
-        self.code = code
-        self.message = message
+    def __init__(self, code: str, message: str, *, target: str = "join"):
+        super().__init__(message, action=AuditAction.JOIN_REFUSED_LOCALLY, target=target, reason=message, code=code)
 
-
-def _refuse(code: str, message: str, target: str) -> JoinRefused:
-    """Record the refusal in its own transaction (it survives the caller's rollback)."""
-    with transaction.atomic():
-        audit_record(action=AuditAction.JOIN_REFUSED_LOCALLY, target=target, outcome=Outcome.DENIED,
-                     details={"code": code, "message": message})
-    return JoinRefused(code, message)
-
-
-def join_current() -> FollowerJoin | None:
-    return FollowerJoin.objects.order_by("-pk").first()
-
-
-def joining_cluster() -> bool:
-    """This node chose to join a cluster (and that join has not failed)."""
-    join = join_current()
-    return join is not None and join.state != JoinState.FAILED
+    def audit_details(self) -> dict:
+        return {"code": self.code, "message": self.message}
 
 
 # --- 1. open the bundle ----------------------------------------------------------------
+@audited_refusals
 def join_bundle_open(*, user, data: bytes, mek_text: str, own_address: str) -> FollowerJoin:
     """Open the bundle with the typed MEK and keep what it says. Refusals (wrong MEK,
     tampered, expired, for another address, not a bundle …) change nothing."""
-    from pamportal.preflight.checks import address_problem
-
     own_address = (own_address or "").strip()
     problem = address_problem(own_address)
     if problem:
-        raise _refuse("bad_address", f"This node's address is not valid: {problem}", "join:bundle")
+        raise JoinRefused("bad_address", f"This node's address “{own_address[:80]}” {problem}.", target="join:bundle")
     try:
         key = mek_format.decode(mek_text)
     except mek_format.MekFormatError as error:
-        raise _refuse("mek_format", str(error), "join:bundle") from None
+        raise JoinRefused("mek_format", str(error), target="join:bundle") from None
     try:
         opened = bundle_format.bundle_open(data, mek=key, now=timezone.now(), own_address=own_address)
     except bundle_format.BundleError as error:
-        raise _refuse(error.code, error.message, f"bundle:{error.bundle_id or 'unknown'}") from None
+        raise JoinRefused(error.code, error.message, target=f"bundle:{error.bundle_id or 'unknown'}") from None
     current = join_current()
     if current is not None and current.state not in (JoinState.FAILED, JoinState.OPENED, JoinState.CHECKED):
-        raise _refuse("join_under_way", "A join is already under way on this node; follow it on its page.",
-                      "join:bundle")
+        raise JoinRefused("join_under_way", "A join is already under way on this node; follow it on its page.",
+                          target="join:bundle")
     if keystore.mek_exists():
         if not keystore.mek_matches(key):
-            raise _refuse("other_mek", "This node already holds another Master Encryption Key.", "join:bundle")
-    with transaction.atomic():
-        if not keystore.mek_exists():
-            keystore.mek_install(key)
-        join = FollowerJoin.objects.create(
-            created_by=user.get_username(), own_address=opened.follower_address,
-            leader_address=opened.leader_address, leader_ports=opened.leader_ports.as_dict(),
-            leader_version=opened.leader_version, cluster_id=opened.cluster_id, bundle_id=opened.bundle_id,
-            ca_cert_pem=opened.ca_cert_pem, bundle_expires=opened.expires,
-            sealed_join_token=keystore.seal(purpose=_TOKEN, data=opened.join_token.encode()),
-            mek_fingerprint=mek_format.fingerprint(key),
-        )
-        audit_record(action=AuditAction.JOIN_BUNDLE_OPENED, target=f"bundle:{opened.bundle_id}",
-                     details={"leader": opened.leader_address, "cluster_id": opened.cluster_id,
-                              "own_address": opened.follower_address})
+            raise JoinRefused("other_mek", "This node already holds another Master Encryption Key.",
+                              target="join:bundle")
+    else:
+        keystore.mek_install(key)
+    join = FollowerJoin.objects.create(
+        created_by=user.get_username(), own_address=opened.follower_address,
+        leader_address=opened.leader_address, leader_ports=opened.leader_ports.as_dict(),
+        leader_version=opened.leader_version, cluster_id=opened.cluster_id, bundle_id=opened.bundle_id,
+        ca_cert_pem=opened.ca_cert_pem, bundle_expires=opened.expires,
+        sealed_join_token=keystore.seal(purpose=_TOKEN, data=opened.join_token.encode()),
+        mek_fingerprint=mek_format.fingerprint(key),
+    )
+    audit_record(action=AuditAction.JOIN_BUNDLE_OPENED, target=f"bundle:{opened.bundle_id}",
+                 details={"leader": opened.leader_address, "cluster_id": opened.cluster_id,
+                          "own_address": opened.follower_address})
     return join
 
 
@@ -170,9 +167,6 @@ def _port_free(host: str, port: int) -> tuple[bool, str]:
 
 def join_preflight(*, user) -> FollowerJoin:
     """Check the way to the leader and this node's readiness; errors block the join."""
-    from pamportal.preflight import conf as preflight_conf
-    from pamportal.preflight.checks import check_address_self
-
     join = join_current()
     if join is None or join.state not in (JoinState.OPENED, JoinState.CHECKED):
         raise JoinRefused("no_bundle", "Open a joining bundle first.")
@@ -228,7 +222,9 @@ def join_preflight(*, user) -> FollowerJoin:
 
 # --- 3. ask the leader ---------------------------------------------------------------------
 def join_request_send(*, user) -> FollowerJoin:
-    """Send the join request (CSR, preflight summary, MEK proof) to the leader."""
+    """Send the join request (CSR, preflight summary, MEK proof) to the leader. Not one
+    transaction: nothing is held open while the leader answers, and a refusal by the
+    leader is recorded as such (``record()``), with nothing else changed."""
     join = join_current()
     if join is None or join.state != JoinState.CHECKED:
         raise JoinRefused("not_checked", "Run the checks against the leader first; they must all pass.")
@@ -248,13 +244,17 @@ def join_request_send(*, user) -> FollowerJoin:
     try:
         status, answer = leader_call(join, protocol.SETUP_API_PREFIX + "join", body=request)
     except OSError as error:
-        raise _refuse("leader_unreachable", f"The leader's setup API did not answer: {error}", "join:request") from None
+        refused = JoinRefused("leader_unreachable", f"The leader's setup API did not answer: {error}",
+                              target="join:request")
+        refused.record()
+        raise refused from None
     if status != 201 or not answer.get("ok"):
         error = answer.get("error") or {}
-        raise _refuse(error.get("code", f"http_{status}"),
-                      error.get("message", f"The leader refused the join (HTTP {status})."), "join:request")
-    from pamportal.jobs.services import job_create
-
+        refused = JoinRefused(error.get("code", f"http_{status}"),
+                              error.get("message", f"The leader refused the join (HTTP {status})."),
+                              target="join:request")
+        refused.record()
+        raise refused
     with transaction.atomic():
         join.request_id = answer["request_id"]
         join.sealed_poll_secret = keystore.seal(purpose=_POLL, data=answer["poll_secret"].encode())
@@ -263,9 +263,8 @@ def join_request_send(*, user) -> FollowerJoin:
         join.state = JoinState.REQUESTED
         join.last_status = {"state": answer.get("state"), "approvals": 0,
                             "required_approvals": answer.get("required_approvals")}
-        job = job_create(kind=FOLLOW_KIND, params={"join_id": join.pk}, created_by=user,
-                         title=f"Join the cluster of {join.leader_address}")
-        join.job_id = job.pk
+        join.job = job_create(kind=FOLLOW_KIND, params={"join_id": join.pk}, created_by=user,
+                              title=f"Join the cluster of {join.leader_address}")
         join.save()
         audit_record(action=AuditAction.JOIN_REQUESTED, target=f"leader:{join.leader_address}",
                      details={"request_id": join.request_id, "bundle_id": join.bundle_id})
@@ -276,9 +275,6 @@ def join_request_send(*, user) -> FollowerJoin:
 def _apply_handover(join: FollowerJoin, handover: dict) -> None:
     """Install the certificate, the CA and this node's etcd member configuration. Safe to
     run again (a re-queued step): every write is idempotent."""
-    from pamportal.nodes import services as node_services
-    from pamportal.nodes.models import Certificate, CertificateKind, Node, NodeRole
-
     cert_pem, ca_pem = handover["cert_pem"].encode(), handover["ca_pem"].encode()
     if ca_pem.strip() != join.ca_cert_pem.encode().strip():
         raise RuntimeError("the leader handed over a CA other than the one in the bundle")
@@ -288,17 +284,7 @@ def _apply_handover(join: FollowerJoin, handover: dict) -> None:
         raise RuntimeError("the certificate the leader signed is not for this node's key")
     now = timezone.now()
     with transaction.atomic():
-        for kind, pem, sealed in ((CertificateKind.CLUSTER_CA, ca_pem, ""),
-                                  (CertificateKind.NODE_TLS, cert_pem, join.sealed_node_key)):
-            info = ca_format.certificate_info(pem)
-            Certificate.objects.filter(kind=kind, replaced_at__isnull=True).exclude(cert_pem=pem.decode()).update(
-                replaced_at=now)
-            Certificate.objects.get_or_create(
-                kind=kind, replaced_at=None, cert_pem=pem.decode(),
-                defaults=dict(subject=info.subject, names=info.names, serial=f"{info.serial:x}", sha256=info.sha256,
-                              not_before=info.not_before, not_after=info.not_after, sealed_key=sealed,
-                              created_at=now),
-            )
+        keys.certificates_install(ca_cert_pem=ca_pem, cert_pem=cert_pem, sealed_key=join.sealed_node_key, now=now)
         node, _ = Node.objects.select_for_update().get_or_create(pk=Node.SINGLETON_PK)
         node.address = join.own_address
         node.role = NodeRole.FOLLOWER
@@ -309,15 +295,13 @@ def _apply_handover(join: FollowerJoin, handover: dict) -> None:
         audit_record(action=AuditAction.JOIN_HANDOVER_APPLIED, target=f"node:{join.own_address}",
                      details={"etcd_member": handover.get("etcd_member_name", "")})
     node_services.node_tls_files_write(cert_pem=cert_pem, key_pem=key_pem, ca_cert_pem=ca_pem)
-    local_member.local_member_configure(
+    local_etcd.local_member_configure(
         address=join.own_address, name=handover["etcd_member_name"],
         initial_cluster=handover["etcd_initial_cluster"], initial_state="existing",
     )
 
 
 def _finish(join: FollowerJoin) -> None:
-    from pamportal.nodes.models import Node
-
     with transaction.atomic():
         Node.objects.filter(pk=Node.SINGLETON_PK).update(finalised_at=timezone.now(), finalised_by=join.created_by)
         join.state = JoinState.JOINED
@@ -333,50 +317,95 @@ def _fail(join: FollowerJoin, reason: str) -> None:
         join.save(update_fields=["state", "failure_reason", "updated_at"])
         audit_record(action=AuditAction.JOIN_FAILED, target=f"node:{join.own_address}", outcome=Outcome.FAILED,
                      details={"reason": reason, "request_id": join.request_id})
-    local_member.local_member_forget()
+    local_etcd.local_member_forget()
+
+
+def _follow_until(ctx) -> datetime:
+    """When following gives up: carried from round to round, counted from the first."""
+    carried = parse_datetime(ctx.params.get("follow_until") or "")
+    return carried or ctx.job.created_at + timedelta(seconds=cluster_conf.join_follow_seconds())
+
+
+def _poll_once(ctx, join: FollowerJoin, secret: str, last: tuple | None) -> tuple[dict | None, tuple | None]:
+    """Ask the leader once. Returns (the step's result when the follow is over, what was
+    seen); raises when the join failed. (None, …): ask again later."""
+    status, answer = leader_call(join, f"{protocol.SETUP_API_PREFIX}join/{join.request_id}", bearer=secret)
+    if status != 200 or not answer.get("ok"):
+        message = (answer.get("error") or {}).get("message", f"HTTP {status}")
+        _fail(join, message)
+        raise RuntimeError(f"the leader refused the poll: {message}")
+    seen = (answer["state"], answer.get("approvals"), answer.get("denials"), bool(answer.get("handover")))
+    if seen != last:
+        ctx.log(f"leader says: {answer['state']}; approvals {answer.get('approvals')} of "
+                f"{answer.get('required_approvals')}, denials {answer.get('denials')}")
+        FollowerJoin.objects.filter(pk=join.pk).update(last_status=answer | {"handover": bool(answer.get("handover"))})
+    if answer["state"] in ("denied", "expired", "failed"):
+        reason = answer.get("failure_reason") or f"the join request was {answer['state']} on the leader"
+        _fail(join, reason)
+        raise RuntimeError(reason)
+    handover = answer.get("handover")
+    if handover and join.state != JoinState.JOINING:
+        ctx.log("certificate and etcd configuration received; starting this node's etcd member")
+        _apply_handover(join, handover)
+        join.refresh_from_db()
+    if answer["state"] == "joined":
+        _finish(join)
+        ctx.log("this node is a voting member of the cluster")
+        return {"state": "joined", "leader": join.leader_address}, seen
+    return None, seen
+
+
+def _follow_again(ctx, join: FollowerJoin, follow_until: datetime) -> dict:
+    """Hand the follow over to a new follow job (queued once this commits), unless this
+    round is no longer the join's own (its lease was lost, or a newer round runs)."""
+    rounds = int(ctx.params.get("round") or 1) + 1
+    with transaction.atomic():
+        locked = FollowerJoin.objects.select_for_update().get(pk=join.pk)
+        if locked.job_id != ctx.job.pk or ctx.lease_lost.is_set():
+            return {"state": "superseded"}
+        locked.job = job_create(
+            kind=FOLLOW_KIND, created_by=ctx.job.created_by, title=ctx.job.title,
+            params={"join_id": join.pk, "follow_until": follow_until.isoformat(), "round": rounds},
+        )
+        locked.save(update_fields=["job", "updated_at"])
+    ctx.log(f"still waiting for the leader; the follow goes on in job #{locked.job_id}")
+    return {"state": "waiting", "next_job": locked.job_id, "round": rounds}
 
 
 def join_follow(ctx) -> dict:
-    """The follow job's step: poll the leader, apply the handover, finish or fail."""
+    """The follow job's step, one bounded round of it: ask the leader every
+    POLL_INTERVAL, apply the handover, and finish or fail; after FOLLOW_ROUND_SECONDS
+    with no outcome, queue the next round as a new follow job and succeed. The engine
+    has no "run me again in N seconds" result, so the round re-enqueues itself with
+    ``job_create``. A round stops as soon as its worker loses the step's lease (the
+    reaper hands the step to another worker), and the whole follow gives up after
+    ``PAM_JOIN_FOLLOW_SECONDS``."""
     join = FollowerJoin.objects.get(pk=ctx.params["join_id"])
     if join.state == JoinState.JOINED:
         return {"state": "joined"}
     secret = keystore.unseal(purpose=_POLL, sealed=join.sealed_poll_secret).decode()
-    deadline = time.monotonic() + float(getattr(settings, "PAM_JOIN_FOLLOW_SECONDS", 26 * 3600))
+    follow_until = _follow_until(ctx)
+    round_ends = min(follow_until, timezone.now() + timedelta(seconds=FOLLOW_ROUND_SECONDS))
     last = None
-    while time.monotonic() < deadline:
+    while not ctx.lease_lost.is_set():
+        now = timezone.now()
+        if now >= follow_until:
+            _fail(join, "the join request did not finish in time")
+            raise RuntimeError("the join request did not finish in time")
+        if now >= round_ends:
+            return _follow_again(ctx, join, follow_until)
         try:
-            status, answer = leader_call(join, f"{protocol.SETUP_API_PREFIX}join/{join.request_id}", bearer=secret)
+            result, last = _poll_once(ctx, join, secret, last)
         except OSError as error:
             ctx.log(f"leader not reachable, trying again: {error}")
-            time.sleep(POLL_INTERVAL * 2)
+            ctx.lease_lost.wait(POLL_INTERVAL * 2)
             continue
-        if status != 200 or not answer.get("ok"):
-            message = (answer.get("error") or {}).get("message", f"HTTP {status}")
-            _fail(join, message)
-            raise RuntimeError(f"the leader refused the poll: {message}")
-        seen = (answer["state"], answer.get("approvals"), answer.get("denials"), bool(answer.get("handover")))
-        if seen != last:
-            ctx.log(f"leader says: {answer['state']}; approvals {answer.get('approvals')} of "
-                    f"{answer.get('required_approvals')}, denials {answer.get('denials')}")
-            last = seen
-            FollowerJoin.objects.filter(pk=join.pk).update(last_status=answer | {"handover": bool(answer.get("handover"))})
-        if answer["state"] in ("denied", "expired", "failed"):
-            reason = answer.get("failure_reason") or f"the join request was {answer['state']} on the leader"
-            _fail(join, reason)
-            raise RuntimeError(reason)
-        handover = answer.get("handover")
-        if handover and join.state != JoinState.JOINING:
-            ctx.log("certificate and etcd configuration received; starting this node's etcd member")
-            _apply_handover(join, handover)
-            join.refresh_from_db()
-        if answer["state"] == "joined":
-            _finish(join)
-            ctx.log("this node is a voting member of the cluster")
-            return {"state": "joined", "leader": join.leader_address}
-        time.sleep(POLL_INTERVAL)
-    _fail(join, "the join request did not finish in time")
-    raise RuntimeError("the join request did not finish in time")
+        if result is not None:
+            return result
+        ctx.lease_lost.wait(POLL_INTERVAL)
+    ctx.log("this worker lost the step's lease; the follow goes on where the step is run again",
+            level=OutputLevel.WARNING)
+    return {"state": "lease lost"}
 
 
 register(JobKind(name=FOLLOW_KIND, title="Join a cluster",
