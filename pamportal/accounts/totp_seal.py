@@ -9,13 +9,14 @@ the key or a secret in a printable form.
 
 from __future__ import annotations
 
-import os
 import secrets
 from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from django.conf import settings
+
+from pamportal.core.files import write_private
 
 KEY_BYTES = 32
 NONCE_BYTES = 12
@@ -46,23 +47,14 @@ def _load(*, create: bool) -> bytes:
 
 
 def _create(path: Path) -> bytes:
-    """Write a new key to a private temporary file, then link it into place: another
-    process either sees no file or a whole one, and the first writer wins."""
+    """Write a new key file once: another process either sees no file or a whole one,
+    and the first writer wins."""
     key = secrets.token_bytes(KEY_BYTES)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(key)
-            handle.flush()
-            os.fsync(handle.fileno())
-        try:
-            os.link(tmp, path)
-        except FileExistsError:  # another process created it first: use theirs
-            return path.read_bytes()
-        return key
-    finally:
-        tmp.unlink(missing_ok=True)
+        write_private(path, key, exclusive=True)
+    except FileExistsError:  # another process created it first: use theirs
+        return path.read_bytes()
+    return key
 
 
 def _aad(user_id) -> bytes:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-import os
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -23,6 +22,7 @@ from django.db import connection, transaction
 from django.db.models.expressions import RawSQL
 from django.utils import timezone as dj_timezone
 
+from pamportal.core.files import private_file
 from pamportal.nodes.selectors import node_address
 
 from . import chain, conf, offline
@@ -187,19 +187,14 @@ def write_rows_file(export: AuditExport, *, progress: Callable[[int], None] | No
     renamed) and return what the manifest needs."""
     stats = ExportStats()
     path = conf.export_dir() / export.file_name
-    tmp = path.with_name(path.name + ".part")
     filters = _filters_from_stored(export.filters)
     next_report = 100_000
-    with transaction.atomic(), open(tmp, "wb") as handle:
+    with transaction.atomic(), private_file(path) as handle:
         for chunk in encode(filters, export.upto_position, export.format, stats):
             handle.write(chunk)
             if progress is not None and stats.count >= next_report:
                 progress(stats.count)
                 next_report += 100_000
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.chmod(tmp, 0o600)
-    os.replace(tmp, path)
     return stats
 
 

@@ -5,13 +5,13 @@ action and outcome, approvals with their votes, the verification result, the eve
 from __future__ import annotations
 
 import json
-import os
 from typing import Callable
 
 from django.db import transaction
 from django.db.models import Count
 from django.template.loader import render_to_string
 
+from pamportal.core.files import private_file
 from pamportal.nodes.selectors import node_address
 
 from . import chain, conf
@@ -107,8 +107,6 @@ def write_pdf_file(export: AuditExport, *, log: Callable[[str], None]) -> Export
         },
     )
     path = conf.export_dir() / export.file_name
-    tmp = path.with_name(path.name + ".part")
-    HTML(string=html).write_pdf(str(tmp))
-    os.chmod(tmp, 0o600)
-    os.replace(tmp, path)
+    with private_file(path) as handle:
+        HTML(string=html).write_pdf(handle)
     return stats

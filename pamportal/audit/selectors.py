@@ -13,7 +13,8 @@ from django.db import connection, transaction
 from django.db.models import QuerySet
 
 from . import chain
-from .models import AuditEvent, AuditHead
+from .models import AuditChainStatus, AuditCheckpoint, AuditEvent, AuditHead
+from .signing import active_public_key, public_pem
 
 VERIFY_CHUNK = 20_000
 
@@ -171,3 +172,25 @@ def _check_head(result: chain.ChainResult, head_position: int, head_hash: str) -
     if head_position and stored != head_hash:
         return broken(head_position, f"event {head_position} is not the event recorded as the chain head (changed or replaced)")
     return result
+
+
+def audit_event_hash_matches(event: AuditEvent) -> bool:
+    """Does the event's stored hash match its fields and the previous hash?"""
+    own_hash = chain.event_hash(
+        event.position, event.time, event.actor_id, event.actor_name, event.source_ip, event.request_id,
+        event.action, event.target, event.outcome, event.details, event.prev_hash,
+    )
+    return own_hash == event.hash
+
+
+def audit_trail_facts() -> dict:
+    """The badge and the key: how far the chain is verified, the latest checkpoint and
+    the public key that signs checkpoints and exports."""
+    key = active_public_key()
+    return {
+        "chain_status": AuditChainStatus.objects.filter(pk=1).first(),
+        "head_position": audit_head()[0],
+        "checkpoint": AuditCheckpoint.objects.order_by("-time").first(),
+        "signing_key": key,
+        "signing_key_pem": public_pem(key.public_key) if key else "",
+    }

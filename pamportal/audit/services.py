@@ -12,7 +12,7 @@ from pamportal.core import context
 
 from . import chain
 from .actions import AuditAction, Outcome
-from .models import AuditEvent, AuditHead
+from .models import AuditCheckpoint, AuditEvent, AuditHead
 
 _COLUMNS = (
     "position", "time", "actor_id", "actor_name", "source_ip", "request_id",
@@ -118,3 +118,15 @@ def audit_record(
     event._state.adding = False
     event._state.db = connection.alias
     return event
+
+
+def audit_checkpoint_request() -> dict:
+    """An administrator asks for a checkpoint now: the request is recorded (and kept
+    whatever the outcome), then the chain is verified and, when whole, its head signed.
+    Returns the outcome of ``audit_checkpoint_periodic``."""
+    # checkpoints imports signing, which records through this module: a real cycle.
+    from .checkpoints import audit_checkpoint_periodic
+
+    with transaction.atomic():
+        audit_record(action=AuditAction.AUDIT_CHECKPOINT_REQUESTED, target="audit chain")
+    return audit_checkpoint_periodic(reason=AuditCheckpoint.Reason.MANUAL)

@@ -9,21 +9,23 @@ finds the file and a MEK, so it is idempotent and safe in any order or process.
 from __future__ import annotations
 
 import base64
-import hashlib
 import logging
-import os
 import threading
 from dataclasses import dataclass
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
-from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from django.db import transaction
 from django.utils import timezone
 
+from pamportal.core.files import write_private
+from pamportal.crypto import ed25519
+from pamportal.crypto.ed25519 import key_id_of, public_pem  # noqa: F401 (part of this module's interface)
 from pamportal.nodes import keystore
 
 from . import conf
+from .actions import AuditAction
 from .models import AuditSigningKey
+from .services import audit_record
 
 logger = logging.getLogger(__name__)
 
@@ -43,28 +45,11 @@ class SigningKey:
     private: Ed25519PrivateKey
 
     def sign(self, message: bytes) -> str:
-        return base64.b64encode(self.private.sign(message)).decode("ascii")
+        return ed25519.sign_b64(self.private, message)
 
     @property
     def public_pem(self) -> str:
         return public_pem(self.public_b64)
-
-
-def key_id_of(public_raw: bytes) -> str:
-    return hashlib.sha256(public_raw).hexdigest()[:16]
-
-
-def public_pem(public_b64: str) -> str:
-    key = Ed25519PublicKey.from_public_bytes(base64.b64decode(public_b64))
-    return key.public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo).decode("ascii")
-
-
-def _raw_private(key: Ed25519PrivateKey) -> bytes:
-    return key.private_bytes(Encoding.Raw, PrivateFormat.Raw, NoEncryption())
-
-
-def _raw_public(key: Ed25519PrivateKey) -> bytes:
-    return key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
 
 
 def _read_file() -> Ed25519PrivateKey | None:
@@ -72,22 +57,17 @@ def _read_file() -> Ed25519PrivateKey | None:
         raw = conf.signing_key_path().read_bytes()
     except FileNotFoundError:
         return None
-    if len(raw) != 32:
+    if len(raw) != ed25519.RAW_KEY_BYTES:
         raise SigningKeyUnavailable(f"the audit signing key file {conf.signing_key_path()} is damaged")
-    return Ed25519PrivateKey.from_private_bytes(raw)
+    return ed25519.private_from_raw(raw)
 
 
 def _write_file(key: Ed25519PrivateKey) -> Ed25519PrivateKey:
     """Write the key file once (0600); if another process won the race, use theirs."""
-    path = conf.signing_key_path()
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        write_private(conf.signing_key_path(), ed25519.private_raw(key), exclusive=True)
     except FileExistsError:
         return _read_file()
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(_raw_private(key))
-        handle.flush()
-        os.fsync(handle.fileno())
     return key
 
 
@@ -97,7 +77,7 @@ def _remove_file_if(public_raw: bytes) -> None:
         on_disk = _read_file()
     except SigningKeyUnavailable:
         return
-    if on_disk is not None and _raw_public(on_disk) == public_raw:
+    if on_disk is not None and ed25519.public_raw(on_disk) == public_raw:
         try:
             conf.signing_key_path().unlink()
         except FileNotFoundError:
@@ -113,15 +93,12 @@ def signing_key_load(*, record: bool = True) -> SigningKey:
     row = AuditSigningKey.objects.select_for_update().filter(retired_at__isnull=True).first()
     on_disk = _read_file()
     if row is None:
-        on_disk = _write_file(on_disk or Ed25519PrivateKey.generate())
-        public_raw = _raw_public(on_disk)
+        on_disk = _write_file(on_disk or ed25519.generate())
+        public_raw = ed25519.public_raw(on_disk)
         row, _ = AuditSigningKey.objects.get_or_create(
             key_id=key_id_of(public_raw), defaults={"public_key": base64.b64encode(public_raw).decode("ascii")}
         )
         logger.info("audit signing key %s created", row.key_id)
-        from .actions import AuditAction
-        from .services import audit_record
-
         if record:
             audit_record(action=AuditAction.AUDIT_SIGNING_KEY_CREATED, target=f"audit-key:{row.key_id}",
                          details={"key_id": row.key_id, "public_key": row.public_key})
@@ -134,19 +111,19 @@ def signing_key_load(*, record: bool = True) -> SigningKey:
                     f"the audit signing key {row.key_id} is sealed under the MEK, and this node has no MEK file"
                 )
             try:
-                private = Ed25519PrivateKey.from_private_bytes(keystore.unseal(purpose=PURPOSE, sealed=row.sealed_private))
+                private = ed25519.private_from_raw(keystore.unseal(purpose=PURPOSE, sealed=row.sealed_private))
             except Exception as exc:
                 raise SigningKeyUnavailable(f"the audit signing key {row.key_id} cannot be unsealed: {exc}") from None
-        elif on_disk is not None and _raw_public(on_disk) == public_raw:
+        elif on_disk is not None and ed25519.public_raw(on_disk) == public_raw:
             private = on_disk
         else:
             raise SigningKeyUnavailable(
                 f"the private part of audit signing key {row.key_id} is missing ({conf.signing_key_path()} is gone)"
             )
-        if _raw_public(private) != public_raw:
+        if ed25519.public_raw(private) != public_raw:
             raise SigningKeyUnavailable(f"the private part of audit signing key {row.key_id} does not match it")
     if not row.sealed_private and keystore.mek_exists():
-        row.sealed_private = keystore.seal(purpose=PURPOSE, data=_raw_private(private))
+        row.sealed_private = keystore.seal(purpose=PURPOSE, data=ed25519.private_raw(private))
         row.save(update_fields=["sealed_private"])
         transaction.on_commit(lambda: _remove_file_if(public_raw))
         logger.info("audit signing key %s sealed under the MEK", row.key_id)

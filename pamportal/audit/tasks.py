@@ -6,26 +6,24 @@ from celery import shared_task
 
 from pamportal.core.context import acting
 
+from .checkpoints import audit_checkpoint_periodic
+from .repeats import audit_repeats_flush
+from .siem import siem_forward as forward
+
 
 @shared_task(name="pamportal.audit.tasks.checkpoint", acks_late=True, ignore_result=True)
 def checkpoint() -> dict:
-    from .checkpoints import audit_checkpoint_periodic
-
     with acting(actor_id=None, actor_name="audit checkpoint"):
         return audit_checkpoint_periodic()
 
 
 @shared_task(name="pamportal.audit.tasks.siem_forward", acks_late=True, ignore_result=True)
 def siem_forward() -> dict:
-    from .siem import siem_forward as forward
-
     with acting(actor_id=None, actor_name="SIEM forwarding"):
         return forward()
 
 
 @shared_task(name="pamportal.audit.tasks.repeats_flush", acks_late=True, ignore_result=True)
 def repeats_flush() -> int:
-    from .repeats import audit_repeats_flush
-
     with acting(actor_id=None, actor_name="audit repeat counter"):
         return audit_repeats_flush()

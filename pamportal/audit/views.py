@@ -8,38 +8,31 @@ import json
 from django.contrib import messages
 from django.core.exceptions import PermissionDenied
 from django.core.paginator import Paginator
-from django.db import transaction
 from django.http import FileResponse, Http404, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from pamportal.accounts.decorators import require_capability
 from pamportal.accounts.roles import has_capability
+from pamportal.jobs.selectors import job_progress
 
-from . import chain, conf
-from .actions import AuditAction
+from . import conf
+from .exports import audit_export_create, audit_export_run
 from .forms import AuditFilterForm, ExportForm, SiemForm
-from .models import AuditChainStatus, AuditCheckpoint, AuditEvent, AuditExport
-from .selectors import audit_event_list, audit_event_neighbours, audit_head
-from .services import audit_record
+from .jobs import siem_forward_start
+from .models import AuditEvent, AuditExport
+from .selectors import (
+    audit_event_hash_matches,
+    audit_event_list,
+    audit_event_neighbours,
+    audit_head,
+    audit_trail_facts,
+)
+from .services import audit_checkpoint_request
+from .siem import siem_collector, siem_configure
 
 PAGE_SIZE = 50
 _CONTENT_TYPES = {"csv": "text/csv; charset=utf-8", "jsonl": "application/jsonl; charset=utf-8", "pdf": "application/pdf"}
-
-
-def _trail_facts() -> dict:
-    """The badge and the key: how far the chain is verified, the latest checkpoint and
-    the public key that signs checkpoints and exports."""
-    from .signing import active_public_key, public_pem
-
-    key = active_public_key()
-    return {
-        "chain_status": AuditChainStatus.objects.filter(pk=1).first(),
-        "head_position": audit_head()[0],
-        "checkpoint": AuditCheckpoint.objects.order_by("-time").first(),
-        "signing_key": key,
-        "signing_key_pem": public_pem(key.public_key) if key else "",
-    }
 
 
 @require_GET
@@ -52,7 +45,7 @@ def event_list(request):
     # The filter form and the pager swap only the table when htmx is there.
     if request.htmx and not request.htmx.boosted:
         return render(request, "audit/_table.html", context)
-    context.update(_trail_facts())
+    context.update(audit_trail_facts())
     context["export_form"] = ExportForm()
     context["exports"] = list(AuditExport.objects.select_related("job")[:10])
     return render(request, "audit/list.html", context)
@@ -63,10 +56,6 @@ def event_list(request):
 def event_detail(request, position: int):
     event = get_object_or_404(AuditEvent, position=position)
     before, after = audit_event_neighbours(event)
-    own_hash = chain.event_hash(
-        event.position, event.time, event.actor_id, event.actor_name, event.source_ip, event.request_id,
-        event.action, event.target, event.outcome, event.details, event.prev_hash,
-    )
     try:
         details = json.dumps(json.loads(event.details), indent=2, sort_keys=True, ensure_ascii=False)
     except ValueError:
@@ -77,7 +66,7 @@ def event_detail(request, position: int):
         {
             "event": event,
             "details": details,
-            "hash_matches": own_hash == event.hash,
+            "hash_matches": audit_event_hash_matches(event),
             "before": before,
             "after": after,
         },
@@ -88,8 +77,6 @@ def event_detail(request, position: int):
 @require_POST
 @require_capability("audit.export")
 def export_create(request):
-    from .exports import audit_export_create, audit_export_run
-
     export_form = ExportForm(request.POST)
     if not export_form.is_valid():
         messages.error(request, "Choose CSV, JSON Lines or PDF.")
@@ -111,11 +98,9 @@ def _export(export_id) -> AuditExport:
 @require_GET
 @require_capability("audit.export")
 def export_detail(request, export_id):
-    from pamportal.jobs.selectors import job_progress
-
     export = _export(export_id)
     manifest = json.loads(export.manifest) if export.manifest else None
-    context = {"export": export, "manifest": manifest, **_trail_facts()}
+    context = {"export": export, "manifest": manifest, **audit_trail_facts()}
     if export.job is not None:
         context["job"] = export.job
         context["progress"] = job_progress(export.job)
@@ -155,11 +140,7 @@ def export_manifest(request, export_id):
 @require_POST
 @require_capability("audit.configure")
 def checkpoint_now(request):
-    from .checkpoints import audit_checkpoint_periodic
-
-    with transaction.atomic():
-        audit_record(action=AuditAction.AUDIT_CHECKPOINT_REQUESTED, target="audit chain")
-    outcome = audit_checkpoint_periodic(reason=AuditCheckpoint.Reason.MANUAL)
+    outcome = audit_checkpoint_request()
     if outcome["ok"]:
         messages.success(request, f"Checkpoint signed at event {outcome['verified_position']}.")
     else:
@@ -171,8 +152,6 @@ def checkpoint_now(request):
 @require_http_methods(["GET", "POST"])
 @require_capability("audit.view")
 def siem_settings(request):
-    from .siem import siem_collector, siem_configure
-
     collector = siem_collector()
     may_configure = has_capability(request.user, "audit.configure")
     if request.method == "POST":
@@ -195,13 +174,8 @@ def siem_settings(request):
 @require_POST
 @require_capability("audit.configure")
 def siem_forward_now(request):
-    from .siem import siem_forward
-
-    outcome = siem_forward()
-    if outcome.get("error"):
-        messages.error(request, f"Forwarding stopped after {outcome['sent']} events: {outcome['error']}")
-    elif outcome.get("skipped"):
-        messages.warning(request, f"Nothing sent: {outcome['skipped']}.")
-    else:
-        messages.success(request, f"{outcome['sent']} events sent; the cursor is at {outcome['cursor']}.")
-    return redirect("audit:siem")
+    """Forwarding can mean thousands of events over the network: a job does it, and the
+    job's page shows how it went."""
+    job = siem_forward_start(user=request.user)
+    messages.success(request, f"SIEM forwarding is queued as job #{job.pk}.")
+    return redirect("jobs:detail", pk=job.pk)

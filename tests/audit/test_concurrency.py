@@ -14,12 +14,14 @@ from tests.support.node import REPO
 pytestmark = pytest.mark.processes
 
 WRITER = """
-import time
+import sys
 from django.db import transaction
 from pamportal.audit.services import audit_record
 from pamportal.core.context import acting
-while time.time() < {start_at}:  # every writer starts appending at the same moment
-    time.sleep(0.01)
+# A barrier with the test: say we are ready, then wait for its "go", which it sends
+# once every writer is ready, so that they all start appending at the same moment.
+print("ready", flush=True)
+sys.stdin.readline()
 with acting(actor_name="writer-{writer}"):
     for i in range({count}):
         with transaction.atomic():
@@ -30,17 +32,24 @@ print("appended", {count})
 
 def run_writers(node_env, writers: int, count: int, timeout: float) -> None:
     node_env.manage("migrate", "--noinput", "--skip-checks", timeout=180)
-    start_at = time.time() + 6
     procs = [
         subprocess.Popen(
-            [sys.executable, str(REPO / "manage.py"), "shell", "-c",
-             WRITER.format(start_at=start_at, writer=w, count=count)],
-            cwd=REPO, env=node_env.env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+            [sys.executable, str(REPO / "manage.py"), "shell", "-c", WRITER.format(writer=w, count=count)],
+            cwd=REPO, env=node_env.env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            text=True,
         )
         for w in range(writers)
     ]
     deadline = time.monotonic() + timeout
     try:
+        for proc in procs:  # the barrier: every writer has started Django and waits
+            line = proc.stdout.readline()
+            while line and line.strip() != "ready":
+                line = proc.stdout.readline()
+            assert line, f"a writer ended before it was ready: {proc.wait(timeout=10)}, {proc.stderr.read()}"
+        for proc in procs:
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
         for proc in procs:
             out, err = proc.communicate(timeout=max(deadline - time.monotonic(), 1))
             assert proc.returncode == 0, err

@@ -17,7 +17,7 @@ from pamportal.audit.exports import audit_export_create
 from pamportal.audit.models import AuditEvent
 from pamportal.audit.services import audit_record
 from pamportal.core.context import acting
-from pamportal.jobs.services import job_execute
+from pamportal.jobs.engine import job_execute
 from tests.cluster.conftest import (  # noqa: F401 (fixtures)
     _fresh_totp_offsets,
     approvers,
@@ -106,13 +106,13 @@ def table_rows(text: str, headers: list[str] = HEADERS) -> dict[int, tuple[int, 
 
 
 def test_approvals_and_votes_lists_a_real_join_request(leader, operator, approvers, client, settings):
-    from pamportal.cluster import services
     from pamportal.cluster.models import RequestState
+    from pamportal.cluster.requests import join_request_vote
 
     request, _ = join_request_made(client, operator, leader["mek"])
     for approver in approvers[:2]:  # as the vote page does: the request's user acts
         with acting(actor_id=approver.pk, actor_name=approver.username, source_ip="192.0.2.20", request_id="vote"):
-            services.join_request_vote(request_id=request.pk, user=approver, decision="approve",
+            join_request_vote(request_id=request.pk, user=approver, decision="approve",
                                        totp_code=code_for(approver))
     request.refresh_from_db()
     assert request.state == RequestState.APPROVED

@@ -15,7 +15,7 @@ from pamportal.accounts.roles import Role
 from pamportal.audit import conf
 from pamportal.audit.checkpoints import audit_checkpoint_periodic
 from pamportal.audit.models import AuditCheckpoint, AuditExport, SiemCollector
-from pamportal.jobs.services import job_execute
+from pamportal.jobs.engine import job_execute
 
 from .reports import export_to, make_trail
 

@@ -18,6 +18,7 @@ from cryptography.x509.oid import NameOID
 
 from pamportal.audit.models import AuditEvent, SiemCollector
 from pamportal.audit.siem import frame, siem_configure, siem_forward, syslog_message
+from tests.support.node import wait_for
 
 from .reports import make_trail
 
@@ -179,14 +180,3 @@ def test_a_collector_with_an_untrusted_certificate_gets_nothing(pki, tmp_path):
 def test_disabled_forwarding_sends_nothing():
     make_trail(2)
     assert siem_forward() == {"sent": 0, "skipped": "not configured"}
-
-
-def wait_for(predicate, timeout: float = 10.0) -> None:
-    import time
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(0.02)
-    raise AssertionError("timed out waiting for the receiver")

@@ -11,7 +11,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from pathlib import Path
@@ -20,6 +19,7 @@ import pytest
 
 from pamportal.audit.models import AuditEvent, SiemCollector
 from pamportal.audit.siem import siem_configure, siem_forward
+from tests.support.node import free_port, wait_for
 
 from .reports import make_trail
 from .test_siem import make_pki
@@ -34,12 +34,6 @@ def readme_config() -> str:
     text = (REPO / "README.md").read_text(encoding="utf-8")
     section = text.split("\n## SIEM forwarding\n", 1)[1].split("\n## ", 1)[0]
     return re.search(r"\n```\n(.*?)\n```\n", section, re.S).group(1)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def listening(port: int) -> bool:
@@ -95,13 +89,6 @@ class Rsyslog:
         if not self.output.exists():
             return []
         return [json.loads(line) for line in self.output.read_text(encoding="utf-8").splitlines() if line]
-
-
-def wait_for(predicate, what: str, timeout: float = 15.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
 
 def head() -> int:
