@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PIP := $(VENV)/bin/pip
 
-.PHONY: run test test-embedded lint system-packages bench clean
+.PHONY: run test test-embedded test-fast lint system-packages bench clean
 
 # Creating the venv and installing into it take one lock, so that several `make run`
 # started at once on a fresh clone build it once: each step runs under the lock and
@@ -43,6 +43,11 @@ test: system-packages lint $(VENV)/.dev
 # multi-node cluster tests run in `make test`; a cluster runs on PostgreSQL and Redis.
 test-embedded: system-packages $(VENV)/.dev
 	env -u DATABASE_URL -u CELERY_BROKER_URL $(VENV)/bin/pytest -m "not cluster"
+
+# The quick loop while editing: no browser, no real node processes, no multi-node
+# cluster; on whatever database the environment names (SQLite by default).
+test-fast: $(VENV)/.dev
+	$(VENV)/bin/pytest -m "not browser and not cluster and not processes"
 
 bench: $(VENV)/.dev
 	$(PY) bench/audit.py

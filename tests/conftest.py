@@ -7,11 +7,14 @@ import pytest
 from django_otp.oath import TOTP
 
 from pamportal.accounts.models import TOTPDevice
-from pamportal.accounts.roles import TOTP_REQUIRED, Role
+from pamportal.accounts.roles import Role
+from tests.support.factories import PASSWORD, UserFactory
 from tests.support.node import NodeEnv, using_postgres
 from tests.support.totp import fresh_code
 
-PASSWORD = "correct horse battery staple"
+# Fixtures every package shares (data_dir, as_role); a package's own conftest may
+# override one, e.g. to make data_dir autouse.
+pytest_plugins = ["tests.support.fixtures"]
 
 
 def pytest_collection_modifyitems(config, items):
@@ -41,15 +44,12 @@ def totp_fresh(device: TOTPDevice) -> str:
 
 @pytest.fixture
 def make_user(db):
-    from django.contrib.auth import get_user_model
+    """``make_user(name, role)``: a user of that role, with a confirmed TOTP device when
+    the role needs one (``totp=`` forces it either way)."""
 
     def make(username: str, role: Role, *, totp: bool | None = None, password: str = PASSWORD):
-        user = get_user_model().objects.create_user(username=username, password=password, role=role)
-        if totp is None:
-            totp = role in TOTP_REQUIRED
-        if totp:
-            TOTPDevice.objects.create(user=user, name="phone", confirmed=True)
-        return user
+        extra = {} if totp is None else {"totp": totp}
+        return UserFactory(username=username, role=role, password=password, **extra)
 
     return make
 

@@ -116,13 +116,13 @@ def test_licence_upload_page(admin):
 
 
 def test_follower_bundle_page(make_user, login_client, client, settings, tmp_path, monkeypatch):
+    from pamportal.cluster.follower_models import FollowerJoin
     from pamportal.crypto import mek
     from pamportal.nodes import keystore
-    from pamportal.setup.models import FollowerJoin
     from tests.crypto.bundle_corpus import FOLLOWER, GOOD, MEK, NOW, good_body, sealed
 
     settings.PAM_DATA_DIR = tmp_path
-    monkeypatch.setattr("pamportal.setup.join.timezone.now", lambda: NOW)
+    monkeypatch.setattr("pamportal.cluster.follower.timezone.now", lambda: NOW)
     follower = login_client(make_user("follower-admin", Role.ADMINISTRATOR), client)
     rng = random.Random(20262)
     top = _pairs(json.loads(GOOD))

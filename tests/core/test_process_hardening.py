@@ -139,8 +139,8 @@ def test_a_started_node_leaves_nothing_readable_by_others_and_no_home_control_so
     wait_for(lambda: list(data.glob("celerybeat-schedule*")), timeout=60, what="the beat schedule file")
     host, port = base.removeprefix("https://").rsplit(":", 1)
     assert response_headers(host, int(port), "/setup/")[0] < 500
-    if "DATABASE_URL" not in node_env.env:  # the embedded default keeps its database here
-        assert (data / "pamportal.sqlite3").exists()
+    # The embedded default keeps its database here; with PostgreSQL there is none.
+    assert (data / "pamportal.sqlite3").exists() is ("DATABASE_URL" not in node_env.env)
     assert list((data / "logs").iterdir())
 
     assert loose_paths(data) == []

@@ -1,7 +1,11 @@
-"""Every URL × every role (and anonymous) gets the expected answer.
+"""Every URL × every method its view accepts × every role (and anonymous) gets the
+expected answer.
 
-A new URL without a row here fails ``test_matrix_covers_every_url``, so no view can
-be added without deciding who may use it.
+A new URL, or a method a view starts to accept, without a row here fails
+``test_matrix_covers_every_url_and_method``, so no view can be added (or opened to
+another method) without deciding who may use it. Each row builds its world once and
+asks it as every role, each role inside a savepoint rolled back afterwards, so one
+role's request never changes what the next one sees.
 """
 
 from __future__ import annotations
@@ -9,6 +13,8 @@ from __future__ import annotations
 import uuid
 
 import pytest
+from django.db import transaction
+from django.test import Client
 from django.urls import URLPattern, URLResolver, get_resolver, reverse
 
 from pamportal.accounts.roles import Role
@@ -44,16 +50,20 @@ AUDITORS = {ADMIN, AUDITOR}
 # (url name, method, kwargs kind) -> expected status per role
 MATRIX: dict[tuple[str, str], dict[str, int]] = {
     ("healthz", "GET"): everyone(200),
+    ("healthz", "POST"): everyone(200),  # no method decorator: it answers any method
     ("nodes:dashboard", "GET"): signed_in(200),
     ("nodes:collect_facts", "POST"): only(RUNNERS, 302),
     ("nodes:collect_facts", "GET"): only(RUNNERS, 405),
     # The first administrator exists but the node is not finalised: administrators are
     # led on through the wizard; everyone else is told that setup is in hand.
     ("setup:start", "GET"): {**everyone(200), ADMIN: 302},
+    ("setup:start", "POST"): {**everyone(200), ADMIN: 302},  # no method decorator
     ("setup:token", "GET"): everyone(302),
     ("setup:token", "POST"): everyone(403),
     ("setup:administrator", "GET"): everyone(302),
+    ("setup:administrator", "POST"): everyone(302),
     ("setup:totp", "GET"): everyone(302),
+    ("setup:totp", "POST"): everyone(302),
     ("setup:node", "GET"): only({ADMIN}, 200),
     ("setup:node", "POST"): only({ADMIN}, 200),
     ("setup:preflight", "GET"): only({ADMIN}, 302),
@@ -75,12 +85,17 @@ MATRIX: dict[tuple[str, str], dict[str, int]] = {
     ("nodes:mek_check", "GET"): only({ADMIN}, 200),
     ("nodes:mek_check", "POST"): only({ADMIN}, 400),
     ("accounts:login", "GET"): {**signed_in(302), ANON: 200},
+    ("accounts:login", "POST"): everyone(200),  # empty form: shown again, signed in or not
     ("accounts:logout", "POST"): everyone(302),
     ("accounts:logout", "GET"): everyone(405),
     ("accounts:totp_enrol", "GET"): signed_in(200),
+    ("accounts:totp_enrol", "POST"): signed_in(200),
     ("accounts:password_change", "GET"): signed_in(200),
+    ("accounts:password_change", "POST"): signed_in(200),
     ("accounts:user_list", "GET"): only({ADMIN}, 200),
+    ("accounts:user_list", "POST"): only({ADMIN}, 200),  # no method decorator
     ("accounts:user_create", "GET"): only({ADMIN}, 200),
+    ("accounts:user_create", "POST"): only({ADMIN}, 200),  # empty form: shown again with its errors
     ("accounts:user_disable", "POST"): only({ADMIN}, 302),
     ("accounts:user_enable", "POST"): only({ADMIN}, 302),
     ("accounts:user_reset", "POST"): only({ADMIN}, 200),
@@ -134,6 +149,7 @@ MATRIX: dict[tuple[str, str], dict[str, int]] = {
     ("setup:join", "GET"): only({ADMIN}, 200),
     ("setup:join", "POST"): only({ADMIN}, 400),
     ("setup:join_status", "GET"): only({ADMIN}, 302),
+    ("setup:join_status", "POST"): only({ADMIN}, 302),  # no method decorator
     ("setup:join_check", "POST"): only({ADMIN}, 302),
     ("setup:join_send", "POST"): only({ADMIN}, 302),
     ("licensing:detail", "GET"): signed_in(200),
@@ -143,8 +159,32 @@ MATRIX: dict[tuple[str, str], dict[str, int]] = {
 }
 
 
-def _all_url_names() -> set[str]:
-    names: set[str] = set()
+# What a view without a method decorator is asked with: it answers every method, so a
+# form posted to it must be decided on as much as the page it shows.
+UNRESTRICTED = frozenset({"GET", "POST"})
+
+
+def _accepted_methods(view) -> frozenset[str]:
+    """The methods the view's ``require_http_methods`` (``require_POST``, ``require_GET``,
+    ...) lets through, HEAD and OPTIONS aside; ``UNRESTRICTED`` when it has none."""
+    view_class = getattr(view, "view_class", None)
+    if view_class is not None:
+        return frozenset(m.upper() for m in view_class.http_method_names
+                         if hasattr(view_class, m) and m not in ("head", "options"))
+    func = view
+    while func is not None:
+        # Django's decorator keeps the list in the closure of the wrapper it returns.
+        code = getattr(func, "__code__", None)
+        if code is not None and "request_method_list" in code.co_freevars:
+            allowed = func.__closure__[code.co_freevars.index("request_method_list")].cell_contents
+            return frozenset(allowed) - {"HEAD", "OPTIONS"}
+        func = getattr(func, "__wrapped__", None)
+    return UNRESTRICTED
+
+
+def _url_methods() -> dict[str, frozenset[str]]:
+    """Every named URL in the URLconf and the methods its view accepts."""
+    found: dict[str, frozenset[str]] = {}
 
     def walk(resolver: URLResolver, namespace: str = ""):
         for pattern in resolver.url_patterns:
@@ -152,16 +192,34 @@ def _all_url_names() -> set[str]:
                 ns = f"{namespace}{pattern.namespace}:" if pattern.namespace else namespace
                 walk(pattern, ns)
             elif isinstance(pattern, URLPattern) and pattern.name:
-                names.add(namespace + pattern.name)
+                found[namespace + pattern.name] = _accepted_methods(pattern.callback)
 
     walk(get_resolver())
-    return names
+    return found
 
 
-def test_matrix_covers_every_url():
-    covered = {name for name, _ in MATRIX}
-    assert _all_url_names() - covered == set(), "add these URLs to the role matrix"
-    assert covered - _all_url_names() == set(), "the matrix names URLs that do not exist"
+def test_matrix_covers_every_url_and_method():
+    accepted = {(name, method) for name, methods in _url_methods().items() for method in methods}
+    assert accepted - set(MATRIX) == set(), "add these (URL, method) pairs to the role matrix"
+    assert {name for name, _ in MATRIX} - set(_url_methods()) == set(), "the matrix names URLs that do not exist"
+
+
+def test_method_reading_sees_the_decorators():
+    # The coverage test is only as good as this: a POST-only view reads as POST only, a
+    # form view as GET and POST, a view without a method decorator as unrestricted.
+    methods = _url_methods()
+    assert methods["accounts:user_disable"] == {"POST"}
+    assert methods["accounts:user_create"] == {"GET", "POST"}
+    assert methods["audit:list"] == {"GET"}
+    assert methods["healthz"] == UNRESTRICTED
+
+
+def test_refused_method_rows_name_methods_the_view_refuses():
+    # Rows beyond the accepted methods are there to pin the refusal of a method.
+    methods = _url_methods()
+    for (name, method), expected in MATRIX.items():
+        if method not in methods[name]:
+            assert 405 in expected.values(), f"{method} {name}: a refused method answers 405 to someone"
 
 
 @pytest.fixture
@@ -219,20 +277,32 @@ def _kwargs(name: str, world) -> dict:
     return {}
 
 
-@pytest.mark.parametrize("role", ROLES)
-@pytest.mark.parametrize("name,method", list(MATRIX))
-def test_role_matrix(name, method, role, world, client, login_client):
-    if role != ANON:
-        login_client(world["users"][role])
+DATA = {
+    "setup:token": "token=ABCD-EFGH-IJKL",
+    "preflight:accept": "reason=Lab node with two cores, accepted for the pilot",
+}
+
+
+@pytest.mark.parametrize("name,method", list(MATRIX), ids=[f"{method} {name}" for name, method in MATRIX])
+def test_role_matrix(name, method, world, login_client):
     url = reverse(name, kwargs=_kwargs(name, world))
-    data = {
-        "setup:token": "token=ABCD-EFGH-IJKL",
-        "preflight:accept": "reason=Lab node with two cores, accepted for the pilot",
-    }.get(name, "")
-    response = client.generic(method, url, data, content_type="application/x-www-form-urlencoded", secure=True)
-    assert response.status_code == MATRIX[(name, method)][role], (
-        f"{method} {url} as {role}: {response.status_code}"
-    )
+    answers = {}
+    for role in ROLES:
+        # Each role in a savepoint rolled back afterwards: a role's request (a user
+        # disabled, a key generated) is not seen by the next role.
+        savepoint = transaction.savepoint()
+        try:
+            client = Client()
+            if role != ANON:
+                login_client(world["users"][role], client)
+            response = client.generic(method, url, DATA.get(name, ""),
+                                      content_type="application/x-www-form-urlencoded", secure=True)
+            answers[role] = response.status_code
+        finally:
+            transaction.savepoint_rollback(savepoint)
+    expected = MATRIX[(name, method)]
+    wrong = {role: f"{answers[role]} (expected {expected[role]})" for role in ROLES if answers[role] != expected[role]}
+    assert wrong == {}, f"{method} {url}"
 
 
 def test_refusals_are_audited(world, client, login_client):

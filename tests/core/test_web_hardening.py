@@ -3,8 +3,6 @@ event; no page shown to a logged-in user may be cached."""
 
 from __future__ import annotations
 
-import json
-
 import pytest
 from django.conf import settings as django_settings
 from django.test import Client
@@ -12,17 +10,14 @@ from django.urls import reverse
 
 from pamportal.accounts.roles import Role
 from pamportal.audit.actions import AuditAction, Outcome
-from pamportal.audit.models import AuditEvent
 from tests.conftest import PASSWORD
+from tests.support.audit import events
 
 pytestmark = pytest.mark.django_db
 
 
 def denied_events():
-    rows = list(AuditEvent.objects.filter(action=AuditAction.ACCESS_DENIED).order_by("position"))
-    for row in rows:
-        row.data = json.loads(row.details or "{}")
-    return rows
+    return events(AuditAction.ACCESS_DENIED)
 
 
 # --- CSRF ---------------------------------------------------------------------------------

@@ -7,30 +7,18 @@ from __future__ import annotations
 
 import json
 import ssl
-import subprocess
 import urllib.error
 import urllib.request
 
 import pytest
 
 from tests.preflight.support import SntpResponder
-from tests.support.cluster import USERS, cluster_node, finalise_leader, run, start
+from tests.support.cluster import USERS, cluster_node, etcdctl_members, finalise_leader, run, start
 from tests.support.node import wait_for
 
 pytestmark = [pytest.mark.processes, pytest.mark.cluster]
 
 LEADER, FOLLOWERS = "127.0.0.11", ("127.0.0.12", "127.0.0.13")
-
-
-def etcdctl_members(data_dir) -> list[dict]:
-    tls = data_dir / "tls"
-    result = subprocess.run(
-        ["etcdctl", f"--endpoints=https://{LEADER}:2379", f"--cacert={tls / 'cluster-ca.crt'}",
-         f"--cert={tls / 'node.crt'}", f"--key={tls / 'node.key'}", "member", "list", "-w", "json"],
-        capture_output=True, text=True, timeout=20, env={"ETCDCTL_API": "3", "PATH": "/usr/bin:/bin"},
-    )
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)["members"]
 
 
 def _get(url: str, context: ssl.SSLContext) -> tuple[int, bytes]:
@@ -60,7 +48,7 @@ def assert_listeners_answer_only_their_own(data_dir) -> None:
 def join(leader, follower, address: str, mek_text: str, tmp_path, *, code_offset: int) -> None:
     """Bundle on the leader, open + check + request on the follower, two approvals."""
     bundle = run(leader, USERS + f"""
-from pamportal.cluster import services as cs
+from pamportal.cluster import bundles as cs
 operator = user('operator', Role.OPERATOR)
 result = str(cs.bundle_generate(user=operator, follower_address={address!r}).bundle_id)
 """)
@@ -68,7 +56,7 @@ result = str(cs.bundle_generate(user=operator, follower_address={address!r}).bun
     def bundle_file():
         return run(leader, USERS + f"""
 import base64
-from pamportal.cluster import services as cs
+from pamportal.cluster import bundles as cs
 from pamportal.cluster.models import JoiningBundle
 b = JoiningBundle.objects.get(bundle_id={bundle!r})
 result = base64.b64encode(cs.bundle_download(user=user('operator', Role.OPERATOR), bundle_id=b.bundle_id).data).decode() if b.file else None
@@ -80,7 +68,7 @@ result = base64.b64encode(cs.bundle_download(user=user('operator', Role.OPERATOR
 
     state = run(follower, USERS + f"""
 from pathlib import Path
-from pamportal.setup import join as j
+from pamportal.cluster import follower as j
 admin = user('admin', Role.ADMINISTRATOR)
 j.join_bundle_open(user=admin, data=Path({str(path)!r}).read_bytes(), mek_text={mek_text!r}, own_address={address!r})
 checked = j.join_preflight(user=admin)
@@ -95,7 +83,7 @@ result = JoinRequest.objects.get(follower_address={address!r}, state="pending").
 """)
     for approver in ("approver-1", "approver-2"):
         run(leader, USERS + f"""
-from pamportal.cluster import services as cs
+from pamportal.cluster import requests as cs
 a = user({approver!r}, Role.APPROVER)
 # A code works once: each vote takes the next time step's code (TOTP tolerance 1).
 cs.join_request_vote(request_id={request_pk}, user=a, decision="approve", totp_code=code(a, {code_offset}))
@@ -104,7 +92,7 @@ result = True
 
     def joined():
         return run(follower, """
-from pamportal.setup.join import join_current
+from pamportal.cluster.follower_selectors import join_current
 j = join_current()
 assert j.state != "failed", j.failure_reason
 result = j.state == "joined"
@@ -123,7 +111,7 @@ def test_three_nodes_form_a_cluster(tmp_path):
             mek_text = finalise_leader(nodes[LEADER], LEADER, ntp)
             leader = nodes[LEADER]
             wait_for(lambda: run(leader, """
-from pamportal.cluster.membership import etcd_client
+from pamportal.cluster.connections import etcd_client
 ok, _ = etcd_client().health()
 result = ok
 """), timeout=60, interval=1, what="the leader's etcd member")
@@ -131,7 +119,7 @@ result = ok
             for index, address in enumerate(FOLLOWERS):
                 join(leader, nodes[address], address, mek_text, tmp_path, code_offset=index)
 
-            members = etcdctl_members(leader.data_dir)
+            members = etcdctl_members(leader.data_dir, LEADER)
             assert len(members) == 3
             assert all(m.get("name") and m.get("clientURLs") for m in members), members  # all started
             assert not any(m.get("isLearner") for m in members), members  # all voting

@@ -5,11 +5,26 @@ from __future__ import annotations
 
 import json
 import socket
+import subprocess
 import textwrap
+from pathlib import Path
 
 from tests.support.node import NodeEnv, start_node, wait_for
 
 PASSWORD = "a long and unusual passphrase 42"
+
+
+def etcdctl_members(data_dir: Path, endpoint: str) -> list[dict]:
+    """``etcdctl member list`` against the member at ``endpoint``, with the node's own
+    cluster certificates (a test looks at etcd as an operator would)."""
+    tls = data_dir / "tls"
+    result = subprocess.run(
+        ["etcdctl", f"--endpoints=https://{endpoint}:2379", f"--cacert={tls / 'cluster-ca.crt'}",
+         f"--cert={tls / 'node.crt'}", f"--key={tls / 'node.key'}", "member", "list", "-w", "json"],
+        capture_output=True, text=True, timeout=20, env={"ETCDCTL_API": "3", "PATH": "/usr/bin:/bin"},
+    )
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)["members"]
 
 
 def port_free(host: str, port: int) -> bool:
@@ -84,7 +99,7 @@ def finalise_leader(env: NodeEnv, address: str, ntp_server: str) -> str:
     """The leader's wizard through the services: address, a real preflight run on the
     node's worker, licence, MEK, finalise. Returns the MEK as an operator copies it."""
     run(env, USERS + f"""
-from pamportal.setup import services as s
+from pamportal.setup import wizard as s
 admin = user('admin', Role.ADMINISTRATOR)
 s.setup_node_set(user=admin, address={address!r}, ntp_servers=[{ntp_server!r}])
 s.setup_preflight_start(user=admin)
@@ -106,10 +121,10 @@ from django.utils import timezone
 from pamportal.crypto import mek
 from pamportal.crypto.licence import mint
 from pamportal.licensing.services import licence_install
-from pamportal.nodes import keystore
+from pamportal.nodes import keys, keystore
 from pamportal.preflight import services as ps
 from pamportal.preflight.selectors import preflight_blocking, preflight_latest
-from pamportal.setup import services as s
+from pamportal.setup import wizard as s
 admin = user('admin', Role.ADMINISTRATOR)
 run = preflight_latest()
 for outcome in preflight_blocking(run):
@@ -121,10 +136,10 @@ now = timezone.now()
 licence_install(data=mint(customer="Cluster test", edition="enterprise", max_nodes=3,
                           not_before=now - timedelta(days=1), not_after=now + timedelta(days=365)), user=admin)
 s.setup_licence_done(user=admin)
-s.setup_mek_generate(user=admin)
-s.setup_mek_reveal(user=admin)
+keys.mek_generate(user=admin)
+keys.mek_reveal(user=admin)
 key = mek.encode(keystore.mek_load())
-assert s.setup_mek_confirm(user=admin, typed=key).ok
+assert keys.mek_confirm(user=admin, typed=key).ok
 s.setup_finalise(user=admin)
 result = key
 """)

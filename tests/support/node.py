@@ -111,8 +111,9 @@ class NodeEnv:
             self._pg_admin_url = None
 
 
-def wait_for(predicate, *, timeout: float, interval: float = 0.25, what: str = "condition"):
-    """Poll ``predicate`` until it returns something truthy; bounded in time."""
+def wait_for(predicate, what: str = "condition", *, timeout: float = 15.0, interval: float = 0.05):
+    """Poll ``predicate`` until it returns something truthy, and return that; fail the
+    test naming ``what`` after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     while True:
         value = predicate()
