@@ -23,7 +23,10 @@ def loose_paths(root: Path) -> list[str]:
     """Everything under ``root`` (itself included) with a group or other bit."""
     found = []
     for path in [root, *root.rglob("*")]:
-        mode = path.lstat().st_mode
+        try:
+            mode = path.lstat().st_mode
+        except FileNotFoundError:  # a running node removed it meanwhile (SQLite's -wal, a temp file)
+            continue
         if not stat.S_ISLNK(mode) and mode & 0o077:
             found.append(f"{path.relative_to(root.parent)} {stat.S_IMODE(mode):o}")
     return found
