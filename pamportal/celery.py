@@ -3,6 +3,7 @@
 import os
 
 from celery import Celery
+from django.conf import settings
 
 # The worker and beat write the database, logs and `celerybeat-schedule.*`:
 # owner-only, however the worker was started.
@@ -16,8 +17,6 @@ app.autodiscover_tasks()
 
 @app.on_after_finalize.connect
 def _schedule_periodic(sender, **kwargs):
-    from django.conf import settings
-
     sender.add_periodic_task(
         settings.PAM_JOB_REAPER_INTERVAL, sender.signature(
             "pamportal.jobs.tasks.reap_expired_leases",
@@ -28,6 +27,7 @@ def _schedule_periodic(sender, **kwargs):
     )
     # Audit reports: a signed checkpoint every hour (also when no event came), and
     # SIEM forwarding from its durable cursor (a no-op until a collector is enabled).
+    # local import: pamportal/__init__ loads this module before Django's apps are ready (audit.conf reaches models)
     from pamportal.audit import conf as audit_conf
 
     sender.add_periodic_task(

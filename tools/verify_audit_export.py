@@ -51,6 +51,10 @@ import sys
 from dataclasses import dataclass, field
 from typing import Iterable, Iterator
 
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat, load_pem_public_key
+
 MANIFEST_FORMAT = "pamportal-audit-export-manifest/1"
 GENESIS_HASH = "0" * 64
 COLUMNS = (
@@ -145,9 +149,6 @@ class Report:
 
 
 def _load_public_key(text: str):
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-    from cryptography.hazmat.primitives.serialization import load_pem_public_key
-
     text = text.strip()
     if text.startswith("-----BEGIN"):
         key = load_pem_public_key(text.encode("ascii"))
@@ -164,14 +165,10 @@ def _load_public_key(text: str):
 
 
 def _raw(public_key) -> bytes:
-    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-
     return public_key.public_bytes(Encoding.Raw, PublicFormat.Raw)
 
 
 def _check_signature(public_key, signature_b64: str, message: bytes) -> bool:
-    from cryptography.exceptions import InvalidSignature
-
     try:
         public_key.verify(base64.b64decode(signature_b64, validate=True), message)
     except (InvalidSignature, ValueError, TypeError):
@@ -322,8 +319,6 @@ def _check_rows(rows: Iterator[tuple[int, list]], manifest: dict, report: Report
 def verify(export_path: str, manifest_path: str, *, public_key: str | None = None) -> Report:
     """Check an export against its manifest; ``Report.problem``/``first_bad_line`` say
     what is wrong. Raises ``Unusable`` when there is nothing that can be checked."""
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-
     report = Report()
     manifest = load_manifest(manifest_path)
     carried = manifest.get("public_key") or {}

@@ -7,7 +7,6 @@ from __future__ import annotations
 import secrets
 import string
 from dataclasses import dataclass
-from functools import wraps
 
 from axes.handlers.proxy import AxesProxyHandler
 from django.conf import settings
@@ -21,6 +20,8 @@ from django.utils import timezone
 from django_otp import login as otp_login
 
 from pamportal.audit.actions import AuditAction, Outcome
+from pamportal.audit.refusals import Refused, audited_refusals
+from pamportal.audit.repeats import audit_refusal_repeated
 from pamportal.audit.services import audit_record
 
 from .models import TOTPDevice
@@ -32,37 +33,8 @@ User = get_user_model()
 _TEMP_ALPHABET = "".join(c for c in string.ascii_letters + string.digits if c not in "0O1lI")
 
 
-class AccountRefused(Exception):
+class AccountRefused(Refused):
     """An account change that policy refuses; the message is for the operator."""
-
-    def __init__(self, message: str, *, action: AuditAction, target: str, reason: str):
-        super().__init__(message)
-        self.message = message
-        self.action = action
-        self.target = target
-        self.reason = reason
-
-
-def _audited_refusals(service):
-    """Run ``service`` in its own transaction; when it refuses, everything it did is
-    rolled back and only the refusal is recorded (outcome denied), then re-raised."""
-
-    atomic_service = transaction.atomic(service)
-
-    @wraps(service)
-    def wrapper(**kwargs):
-        try:
-            return atomic_service(**kwargs)
-        except AccountRefused as refused:
-            audit_record(
-                action=refused.action,
-                target=refused.target,
-                outcome=Outcome.DENIED,
-                details={"reason": refused.reason},
-            )
-            raise
-
-    return wrapper
 
 
 def _target(user) -> str:
@@ -190,7 +162,6 @@ def locked_out_record(*, username: str, ip_address: str) -> None:
     """Axes locked an account or address out (called from its signal, once per refused
     attempt). Anyone can repeat a refused attempt, so they are bounded per address:
     beyond the repeat limit of a window they are counted in one event."""
-    from pamportal.audit.repeats import audit_refusal_repeated
 
     audit_refusal_repeated(
         source=ip_address or "",
@@ -268,7 +239,7 @@ def password_change(*, user, new_password: str) -> None:
 # --- User administration ----------------------------------------------------------------
 
 
-@_audited_refusals
+@audited_refusals
 def user_create(*, username: str, role: Role | str, password: str):
     """Create a user with an initial password, which they must change at first login."""
     role = Role(role)
@@ -302,19 +273,22 @@ def _refuse_self(user, actor, action: AuditAction, message: str) -> None:
         raise AccountRefused(message, action=action, target=_target(user), reason="own account")
 
 
-@_audited_refusals
+def _refuse_if_already(user, action: AuditAction, *, active: bool) -> None:
+    """Refuse a change that would leave the account as it is."""
+    if user.is_active == active:
+        state = "enabled" if active else "disabled"
+        raise AccountRefused(
+            f"{user.get_username()} is already {state}.", action=action, target=_target(user), reason=f"already {state}"
+        )
+
+
+@audited_refusals
 def user_disable(*, actor, user_id: int):
     """Disable a user and end their sessions at once."""
     user = _lock_user(user_id, AuditAction.USER_DISABLED)
     _refuse_self(user, actor, AuditAction.USER_DISABLED, "You cannot disable your own account.")
     _refuse_if_last_administrator(user, AuditAction.USER_DISABLED, "disabling")
-    if not user.is_active:
-        raise AccountRefused(
-            f"{user.get_username()} is already disabled.",
-            action=AuditAction.USER_DISABLED,
-            target=_target(user),
-            reason="already disabled",
-        )
+    _refuse_if_already(user, AuditAction.USER_DISABLED, active=False)
     user.is_active = False
     user.save(update_fields=["is_active"])
     ended = _end_sessions(user)
@@ -322,23 +296,17 @@ def user_disable(*, actor, user_id: int):
     return user
 
 
-@_audited_refusals
+@audited_refusals
 def user_enable(*, actor, user_id: int):
     user = _lock_user(user_id, AuditAction.USER_ENABLED)
-    if user.is_active:
-        raise AccountRefused(
-            f"{user.get_username()} is already enabled.",
-            action=AuditAction.USER_ENABLED,
-            target=_target(user),
-            reason="already enabled",
-        )
+    _refuse_if_already(user, AuditAction.USER_ENABLED, active=True)
     user.is_active = True
     user.save(update_fields=["is_active"])
     audit_record(action=AuditAction.USER_ENABLED, target=_target(user))
     return user
 
 
-@_audited_refusals
+@audited_refusals
 def user_reset(*, actor, user_id: int):
     """A new temporary password (returned once, never stored in clear), TOTP devices
     removed so the user enrols again, and their sessions ended."""
@@ -360,7 +328,7 @@ def user_reset(*, actor, user_id: int):
     return user, password
 
 
-@_audited_refusals
+@audited_refusals
 def user_unlock(*, actor, user_id: int):
     """Clear axes' failed attempts for this username, ending its lockout."""
     user = _lock_user(user_id, AuditAction.USER_UNLOCKED)

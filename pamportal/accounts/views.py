@@ -3,6 +3,8 @@ administration. Thin: a form parses input, one service call, a page or a redirec
 
 from __future__ import annotations
 
+from base64 import b32encode
+
 from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth import update_session_auth_hash
@@ -11,7 +13,9 @@ from django.shortcuts import redirect, render
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.cache import never_cache
 from django.views.decorators.debug import sensitive_post_parameters
-from django.views.decorators.http import require_http_methods, require_POST
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
+
+from pamportal.core.views import refused_redirect
 
 from . import selectors, services
 from .decorators import require_capability
@@ -113,7 +117,6 @@ def totp_enrol(request):
 
 
 def _grouped_secret(device: TOTPDevice) -> str:
-    from base64 import b32encode
 
     secret = b32encode(device.bin_key).decode()
     return " ".join(secret[i : i + 4] for i in range(0, len(secret), 4))
@@ -143,6 +146,7 @@ def password_change_view(request):
 
 @never_cache
 @require_capability("users.manage")
+@require_GET
 def user_list(request):
     return render(
         request,
@@ -218,8 +222,7 @@ def user_reset(request, user_id: int):
     try:
         user, password = services.user_reset(actor=request.user, user_id=user_id)
     except AccountRefused as refused:
-        messages.error(request, refused.message)
-        return redirect("accounts:user_list")
+        return refused_redirect(request, refused, "accounts:user_list")
     # Shown in this one response only: never stored, never put in a message or a log.
     response = render(request, "accounts/user_reset_done.html", {"target": user, "password": password})
     response["Cache-Control"] = "no-store"

@@ -3,11 +3,14 @@ verified (the audit page's badge)."""
 
 from __future__ import annotations
 
+import base64
 import logging
 import time
 from datetime import timedelta
 
-from django.db import transaction
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from django.db import connection, transaction
 from django.utils import timezone
 
 from . import chain, conf, offline
@@ -29,11 +32,6 @@ def audit_checkpoint_sign(*, position: int, hash: str, reason: str) -> AuditChec
 
 
 def checkpoint_verifies(checkpoint: AuditCheckpoint, public_b64: str) -> bool:
-    import base64
-
-    from cryptography.exceptions import InvalidSignature
-    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-
     message = offline.checkpoint_message(
         position=checkpoint.position, hash=checkpoint.hash, time=chain.canonical_time(checkpoint.time),
         key_id=checkpoint.key_id,
@@ -92,8 +90,6 @@ def audit_chain_check(*, full: bool = False) -> chain.ChainResult:
 
 
 def _is_postgres() -> bool:
-    from django.db import connection
-
     return connection.vendor == "postgresql"
 
 

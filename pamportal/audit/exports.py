@@ -23,11 +23,15 @@ from django.db.models.expressions import RawSQL
 from django.utils import timezone as dj_timezone
 
 from pamportal.core.files import private_file
+from pamportal.jobs.services import job_create
 from pamportal.nodes.selectors import node_address
 
 from . import chain, conf, offline
+from .actions import AuditAction
 from .models import AuditChainStatus, AuditCheckpoint, AuditExport
-from .selectors import audit_event_list
+from .selectors import audit_event_list, audit_head
+from .services import audit_record
+from .signing import signing_key_load
 
 FETCH = 5000
 # PostgreSQL formats the rows and ``COPY ... TO STDOUT`` streams them, one CopyData
@@ -205,8 +209,6 @@ def file_digest(path) -> tuple[str, int]:
 def build_manifest(export: AuditExport, *, stats: ExportStats | None, file_sha256: str, size: int,
                    contiguous: bool, verification: dict | None = None) -> dict:
     """The signed manifest (a dict; ``json.dumps`` it to hand out)."""
-    from .signing import signing_key_load
-
     key = signing_key_load()
     checkpoint = (
         AuditCheckpoint.objects.filter(key_id=key.key_id, position__lte=export.upto_position)
@@ -289,12 +291,7 @@ def audit_export_create(*, user, format: str, filters: dict) -> AuditExport:
     """Record an export of the events matching ``filters`` up to the current head
     (audited). CSV/JSON Lines of at most ``conf.export_inline_max()`` events are for the
     caller to write at once (``audit_export_run``); larger ones and PDFs run as a job."""
-    from pamportal.jobs.services import job_create
-
-    from .actions import AuditAction
-    from .jobs import KIND
-    from .selectors import audit_head
-    from .services import audit_record
+    from .jobs import KIND  # local import: audit.jobs imports this module (a real cycle)
 
     fmt = AuditExport.Format(format)
     upto, _ = audit_head()
@@ -333,7 +330,7 @@ def audit_export_run(*, export_id, log: Callable[[str], None] | None = None) -> 
     say = log or (lambda text: None)
     try:
         if export.format == AuditExport.Format.PDF:
-            from .pdf import write_pdf_file
+            from .pdf import write_pdf_file  # local import: pdf imports this module (a real cycle)
 
             stats = write_pdf_file(export, log=say)
         else:

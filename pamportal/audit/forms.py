@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import re
 
+from cryptography import x509
 from django import forms
 
 from .actions import AuditAction, Outcome
@@ -90,8 +91,6 @@ class SiemForm(forms.Form):
         return host
 
     def clean_ca_pem(self):
-        from cryptography import x509
-
         pem = self.cleaned_data["ca_pem"].strip() + "\n"
         try:
             certificates = x509.load_pem_x509_certificates(pem.encode("ascii"))

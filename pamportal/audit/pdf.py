@@ -66,7 +66,7 @@ def _label(choices, value: str) -> str:
 
 
 def write_pdf_file(export: AuditExport, *, log: Callable[[str], None]) -> ExportStats:
-    from weasyprint import HTML
+    from weasyprint import HTML  # local import: heavy; loaded only when a PDF is made
 
     filters = _filters_from_stored(export.filters)
     with transaction.atomic():  # one snapshot-free but bounded read: rows <= upto never change

@@ -10,7 +10,7 @@ from django.utils import timezone
 
 from pamportal.core import context
 
-from . import chain
+from . import chain, conf
 from .actions import AuditAction, Outcome
 from .models import AuditCheckpoint, AuditEvent, AuditHead
 
@@ -30,16 +30,14 @@ logger = logging.getLogger(__name__)
 
 
 def _checkpoint_every() -> int:
-    from . import conf
-
     return conf.checkpoint_every()
 
 
 def _checkpoint_inline(position: int, digest: str) -> None:
     """Sign the head every N events. A signing problem (no key, a lost MEK) must not
     undo the caller's action: it is logged, and the periodic checkpoint reports it."""
+    # local import: checkpoints imports signing, which records through this module (a real cycle)
     from .checkpoints import audit_checkpoint_sign
-    from .models import AuditCheckpoint
 
     try:
         with transaction.atomic():  # a savepoint: its failure leaves the caller's work intact

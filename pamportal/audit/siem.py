@@ -12,6 +12,7 @@ collector's kernel accepted but that died with the collector is not resent.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -25,7 +26,9 @@ from django.db.models import Q
 from django.utils import timezone
 
 from . import chain, conf
+from .actions import AuditAction
 from .models import AuditEvent, SiemCollector
+from .services import audit_record
 
 logger = logging.getLogger(__name__)
 
@@ -193,9 +196,6 @@ def siem_forward(*, max_events: int | None = None) -> dict:
 def siem_configure(*, host: str, port: int, ca_pem: str, enabled: bool, cursor: int | None = None) -> SiemCollector:
     """Set the collector (audited). ``cursor`` moves the durable cursor (e.g. to skip
     history), which is audited separately."""
-    from .actions import AuditAction
-    from .services import audit_record
-
     collector, _ = SiemCollector.objects.select_for_update().get_or_create(pk=1)
     collector.host, collector.port, collector.ca_pem, collector.enabled = host, port, ca_pem, enabled
     fields = ["host", "port", "ca_pem", "enabled", "updated_at"]
@@ -212,8 +212,6 @@ def siem_configure(*, host: str, port: int, ca_pem: str, enabled: bool, cursor: 
 
 
 def _pem_digest(pem: str) -> str:
-    import hashlib
-
     return hashlib.sha256(pem.encode("utf-8")).hexdigest() if pem else ""
 
 

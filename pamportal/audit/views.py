@@ -14,6 +14,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 
 from pamportal.accounts.decorators import require_capability
 from pamportal.accounts.roles import has_capability
+from pamportal.core.htmx import htmx_partial
 from pamportal.jobs.selectors import job_progress
 
 from . import conf
@@ -43,7 +44,7 @@ def event_list(request):
     page = Paginator(events, PAGE_SIZE).get_page(request.GET.get("page"))
     context = {"form": form, "page": page}
     # The filter form and the pager swap only the table when htmx is there.
-    if request.htmx and not request.htmx.boosted:
+    if htmx_partial(request):
         return render(request, "audit/_table.html", context)
     context.update(audit_trail_facts())
     context["export_form"] = ExportForm()

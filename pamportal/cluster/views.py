@@ -9,6 +9,7 @@ from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from pamportal.accounts.decorators import require_capability
+from pamportal.core.views import refused_redirect
 
 from . import selectors
 from .bundles import bundle_download as bundle_download_service
@@ -47,10 +48,9 @@ def bundle_generate(request):
     try:
         bundle = bundle_generate_service(user=request.user, follower_address=form.cleaned_data["follower_address"])
     except ClusterRefused as refused:
-        messages.error(request, refused.message)
-    else:
-        messages.success(request, f"A bundle for {bundle.follower_address} is being made; download it from the "
-                                  f"list once it is ready.")
+        return refused_redirect(request, refused, "cluster:bundles")
+    messages.success(request, f"A bundle for {bundle.follower_address} is being made; download it from the "
+                              f"list once it is ready.")
     return redirect("cluster:bundles")
 
 
@@ -61,8 +61,7 @@ def bundle_download(request, bundle_id):
     try:
         file = bundle_download_service(user=request.user, bundle_id=bundle_id)
     except ClusterRefused as refused:
-        messages.error(request, refused.message)
-        return redirect("cluster:bundles")
+        return refused_redirect(request, refused, "cluster:bundles")
     response = HttpResponse(file.data, content_type="application/json")
     response["Content-Disposition"] = f'attachment; filename="{file.filename}"'
     response["Cache-Control"] = "no-store"
@@ -76,9 +75,8 @@ def bundle_revoke(request, bundle_id):
     try:
         bundle = bundle_revoke_service(user=request.user, bundle_id=bundle_id)
     except ClusterRefused as refused:
-        messages.error(request, refused.message)
-    else:
-        messages.success(request, f"The bundle for {bundle.follower_address} is revoked.")
+        return refused_redirect(request, refused, "cluster:bundles")
+    messages.success(request, f"The bundle for {bundle.follower_address} is revoked.")
     return redirect("cluster:bundles")
 
 
@@ -105,9 +103,8 @@ def vote(request, kind: str, pk: int):
         result = _VOTE_SERVICES[kind](request_id=pk, user=request.user, decision=data.get("decision", ""),
                                       totp_code=data.get("totp_code", ""))
     except ClusterRefused as refused:
-        messages.error(request, refused.message)
-    else:
-        messages.success(request, f"Your vote is recorded; the request is {result.get_state_display().lower()}.")
+        return refused_redirect(request, refused, "cluster:requests")
+    messages.success(request, f"Your vote is recorded; the request is {result.get_state_display().lower()}.")
     return redirect("cluster:requests")
 
 
@@ -139,9 +136,8 @@ def member_remove(request, pk: int):
     try:
         removal_request_create(user=request.user, member_id=pk, reason=form.cleaned_data["reason"])
     except ClusterRefused as refused:
-        messages.error(request, refused.message)
-    else:
-        messages.success(request, "The removal is requested; it needs the approvals of the policy.")
+        return refused_redirect(request, refused, "cluster:requests")
+    messages.success(request, "The removal is requested; it needs the approvals of the policy.")
     return redirect("cluster:requests")
 
 

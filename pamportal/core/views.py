@@ -1,16 +1,27 @@
-"""Error pages and the health probe. A refused page is an audit event."""
+"""Error pages, the health probe, and the answer to a refused action. A refused page is
+an audit event."""
 
 from __future__ import annotations
 
+from django.contrib import messages
 from django.http import JsonResponse
-from django.shortcuts import render
+from django.shortcuts import redirect, render
 from django.utils.cache import add_never_cache_headers
+from django.views.decorators.http import require_http_methods
 
 from pamportal.core import services
 
 
+@require_http_methods(["GET", "HEAD"])  # probes may ask with HEAD
 def healthz(request):
     return JsonResponse({"status": "ok"})
+
+
+def refused_redirect(request, refused, to: str, *args, **kwargs):
+    """A service refused the action (a ``Refused``, or any refusal with a ``message``):
+    the operator reads why on the page ``to`` (a URL name and its arguments)."""
+    messages.error(request, refused.message)
+    return redirect(to, *args, **kwargs)
 
 
 def _role_of(request) -> str:

@@ -7,10 +7,10 @@ from django.core.paginator import Paginator
 from django.http import Http404
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_POST
-from django_htmx.http import HttpResponseStopPolling
 
 from pamportal.accounts.decorators import require_capability
 from pamportal.audit.actions import AuditAction
+from pamportal.core.htmx import htmx_partial, stop_polling
 
 from . import selectors, services
 
@@ -44,10 +44,11 @@ def job_progress(request, pk: int):
     job = _job(request, pk)
     refresh = request.GET.get("refresh") == "1"
     context = {"job": job, "progress": selectors.job_progress(job), "refresh_on_finish": refresh}
+    response = render(request, "jobs/_progress.html", context)
     if not job.is_terminal:
-        return render(request, "jobs/_progress.html", context)
-    response = HttpResponseStopPolling(render(request, "jobs/_progress.html", context).content)
-    if refresh and request.htmx:
+        return response
+    response = stop_polling(response)
+    if refresh and htmx_partial(request):
         response["HX-Refresh"] = "true"  # the embedding page (the dashboard) shows the result
     return response
 
@@ -65,27 +66,25 @@ def _refused(action):
     return respond
 
 
+def _job_action(request, pk: int, service, *, verb: str, done: str):
+    """Run again or cancel: the service, then the job's page saying how it went."""
+    job = _job(request, pk)
+    try:
+        service(job_id=job.pk, user=request.user)
+    except services.JobRefused as exc:
+        messages.error(request, f"This job cannot be {verb}: {exc}.")
+    else:
+        messages.success(request, f"Job #{job.pk} is {done}.")
+    return redirect("jobs:detail", pk=job.pk)
+
+
 @require_capability("jobs.run", on_refused=_refused(AuditAction.JOB_RERUN))
 @require_POST
 def job_rerun(request, pk: int):
-    job = _job(request, pk)
-    try:
-        services.job_rerun(job_id=job.pk, user=request.user)
-    except services.JobRefused as exc:
-        messages.error(request, f"This job cannot be run again: {exc}.")
-    else:
-        messages.success(request, f"Job #{job.pk} is queued to run again.")
-    return redirect("jobs:detail", pk=job.pk)
+    return _job_action(request, pk, services.job_rerun, verb="run again", done="queued to run again")
 
 
 @require_capability("jobs.run", on_refused=_refused(AuditAction.JOB_CANCELLED))
 @require_POST
 def job_cancel(request, pk: int):
-    job = _job(request, pk)
-    try:
-        services.job_cancel(job_id=job.pk, user=request.user)
-    except services.JobRefused as exc:
-        messages.error(request, f"This job cannot be cancelled: {exc}.")
-    else:
-        messages.success(request, f"Job #{job.pk} is cancelled.")
-    return redirect("jobs:detail", pk=job.pk)
+    return _job_action(request, pk, services.job_cancel, verb="cancelled", done="cancelled")

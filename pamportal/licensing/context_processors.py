@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .selectors import licence_status
+
 
 @dataclass(frozen=True)
 class LicenceBanner:
@@ -26,6 +28,4 @@ def licence_banner(request):
     user = getattr(request, "user", None)
     if user is None or not user.is_authenticated:
         return {"licence_banner": None}
-    from .selectors import licence_status
-
     return {"licence_banner": banner_for(licence_status())}

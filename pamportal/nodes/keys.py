@@ -106,17 +106,27 @@ def mek_file_text(*, address: str, encoded: str, when: datetime) -> str:
     )
 
 
+def _unconfirmed_key_refusal(node: Node, *, confirmed: str, missing: str) -> str:
+    """Download and discard are for a key whose copy is not confirmed yet: the message
+    ``confirmed`` once it is (or the node is finalised), ``missing`` without a key, else ""."""
+    if node.finalised_at is not None or node.mek_confirmed_at is not None:
+        return confirmed
+    if not node.mek_fingerprint:
+        return missing
+    return ""
+
+
 @sensitive_variables()
 @transaction.atomic
 def mek_download(*, user) -> MekDownload:
     """The key as a text file, once. A second download is refused (and audited)."""
     node = node_locked()
-    refusal = ""
-    if node.finalised_at is not None or node.mek_confirmed_at is not None:
-        refusal = "The Master Encryption Key can no longer be downloaded: your copy has been confirmed."
-    elif not node.mek_fingerprint:
-        refusal = "There is no Master Encryption Key to download; generate one first."
-    elif node.mek_downloaded_at is not None:
+    refusal = _unconfirmed_key_refusal(
+        node,
+        confirmed="The Master Encryption Key can no longer be downloaded: your copy has been confirmed.",
+        missing="There is no Master Encryption Key to download; generate one first.",
+    )
+    if not refusal and node.mek_downloaded_at is not None:
         refusal = (
             f"The Master Encryption Key was already downloaded at {node.mek_downloaded_at:%Y-%m-%d %H:%M:%S} UTC; "
             "it can be downloaded only once. Use that file, or discard this key and generate a new one."
@@ -182,12 +192,12 @@ def mek_confirm(*, user, typed: str) -> StepResult:
 def mek_discard(*, user) -> StepResult:
     """Throw away a key whose copy is not confirmed yet (nothing is sealed with it)."""
     node = node_locked()
-    refusal = ""
-    if node.finalised_at is not None or node.mek_confirmed_at is not None:
-        refusal = "Your copy of the key is confirmed; the key can no longer be discarded."
-    elif not node.mek_fingerprint:
-        refusal = "There is no key to discard."
-    elif Certificate.objects.exists():
+    refusal = _unconfirmed_key_refusal(
+        node,
+        confirmed="Your copy of the key is confirmed; the key can no longer be discarded.",
+        missing="There is no key to discard.",
+    )
+    if not refusal and Certificate.objects.exists():
         refusal = "Secrets are sealed with this key; it cannot be discarded."
     if refusal:
         audit_record(action=AuditAction.MEK_DISCARDED, target=f"node:{node.address}", outcome=Outcome.DENIED, details={"reason": refusal})

@@ -7,9 +7,9 @@ from django.core.paginator import Paginator
 from django.shortcuts import get_object_or_404, redirect, render
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_GET, require_POST
-from django_htmx.http import HttpResponseStopPolling
 
 from pamportal.accounts.decorators import require_capability
+from pamportal.core.htmx import stop_polling
 
 from . import selectors, services
 from .forms import WarningAcceptForm
@@ -58,7 +58,7 @@ def run_results(request, pk: int):
     context = results_context(request, run, return_to=_safe_next(request, request.GET.get("next")))
     response = render(request, "preflight/_results.html", context)
     if run.job.is_terminal:
-        return HttpResponseStopPolling(response.content)
+        return stop_polling(response)
     return response
 
 

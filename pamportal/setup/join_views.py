@@ -7,12 +7,14 @@ from django.contrib import messages
 from django.shortcuts import redirect, render
 from django.views.decorators.cache import never_cache
 from django.views.decorators.debug import sensitive_post_parameters, sensitive_variables
-from django.views.decorators.http import require_http_methods, require_POST
+from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from pamportal.accounts.decorators import require_capability
 from pamportal.cluster import follower
 from pamportal.cluster.follower_models import JoinState
 from pamportal.cluster.follower_selectors import join_current, join_job
+from pamportal.core.htmx import htmx_partial, stop_polling
+from pamportal.core.views import refused_redirect
 from pamportal.jobs.selectors import job_progress
 from pamportal.nodes.selectors import node_is_finalised
 
@@ -63,14 +65,15 @@ def join_start(request):
 
 @never_cache
 @require_capability("setup.finalise")
+@require_GET
 def join_status(request):
     join = join_current()
     if join is None:
         return redirect("setup:join")
-    template = "setup/_join_status.html" if request.htmx else "setup/join_status.html"
-    response = render(request, template, _context(join))
-    if request.htmx and join.state in (JoinState.JOINED, JoinState.FAILED):
-        response.status_code = 286  # stop polling
+    partial = htmx_partial(request)
+    response = render(request, "setup/_join_status.html" if partial else "setup/join_status.html", _context(join))
+    if partial and join.state in (JoinState.JOINED, JoinState.FAILED):
+        return stop_polling(response)
     return response
 
 
@@ -80,12 +83,11 @@ def join_check(request):
     try:
         join = follower.join_preflight(user=request.user)
     except follower.JoinRefused as refused:
-        messages.error(request, refused.message)
+        return refused_redirect(request, refused, "setup:join_status")
+    if join.state == JoinState.CHECKED:
+        messages.success(request, "Every check against the leader passed.")
     else:
-        if join.state == JoinState.CHECKED:
-            messages.success(request, "Every check against the leader passed.")
-        else:
-            messages.error(request, "Some checks failed; fix them and check again.")
+        messages.error(request, "Some checks failed; fix them and check again.")
     return redirect("setup:join_status")
 
 
@@ -95,7 +97,6 @@ def join_send(request):
     try:
         follower.join_request_send(user=request.user)
     except follower.JoinRefused as refused:
-        messages.error(request, refused.message)
-    else:
-        messages.success(request, "The leader accepted the join request; it now waits for approvals there.")
+        return refused_redirect(request, refused, "setup:join_status")
+    messages.success(request, "The leader accepted the join request; it now waits for approvals there.")
     return redirect("setup:join_status")

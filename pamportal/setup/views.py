@@ -20,6 +20,7 @@ from pamportal.accounts.decorators import require_capability
 from pamportal.accounts.qr import qr_svg
 from pamportal.accounts.roles import has_capability
 from pamportal.cluster.follower_selectors import joining_cluster
+from pamportal.core.views import refused_redirect
 from pamportal.licensing.forms import LicenceUploadForm
 from pamportal.licensing.selectors import licence_status
 from pamportal.nodes import keys
@@ -87,6 +88,7 @@ def _guard(request, step: str):
 
 
 @never_cache
+@require_GET
 def start(request):
     if setup_is_complete():
         due = node_setup_due()
@@ -171,8 +173,7 @@ def totp_step(request):
                 )
             except tokens.SetupRefused as refused:
                 request.session.pop(SESSION_KEY, None)
-                messages.error(request, refused.message)
-                return redirect("setup:start")
+                return refused_redirect(request, refused, "setup:start")
             request.session.pop(SESSION_KEY, None)
             account_services.session_start(request=request, user=user, device=device, via="setup")
             messages.success(
@@ -227,11 +228,6 @@ def node_step_view(step: str):
     return decorator
 
 
-def _refused(request, refused: StepRefused, to: str):
-    messages.error(request, refused.message)
-    return redirect(to)
-
-
 @never_cache
 @require_http_methods(["GET", "POST"])
 @node_step_view("node")
@@ -244,7 +240,7 @@ def node_step(request, node):
                 user=request.user, address=form.cleaned_data["address"], ntp_servers=form.cleaned_data["ntp_servers"]
             )
         except StepRefused as refused:
-            return _refused(request, refused, "setup:start")
+            return refused_redirect(request, refused, "setup:start")
         return redirect("setup:preflight")
     return _node_render(request, "setup/node.html", "node", {"form": form, "node": node})
 
@@ -272,7 +268,7 @@ def preflight_start(request, node):
     try:
         run = wizard.setup_preflight_start(user=request.user)
     except StepRefused as refused:
-        return _refused(request, refused, "setup:preflight")
+        return refused_redirect(request, refused, "setup:preflight")
     messages.success(request, f"Preflight started (run #{run.pk}).")
     return redirect("setup:preflight")
 
@@ -284,7 +280,7 @@ def preflight_next(request, node):
     try:
         wizard.setup_preflight_pass(user=request.user)
     except StepRefused as refused:
-        return _refused(request, refused, "setup:preflight")
+        return refused_redirect(request, refused, "setup:preflight")
     return redirect("setup:licence")
 
 
@@ -317,7 +313,7 @@ def licence_next(request, node):
     try:
         wizard.setup_licence_done(user=request.user)
     except StepRefused as refused:
-        return _refused(request, refused, "setup:licence")
+        return refused_redirect(request, refused, "setup:licence")
     return redirect("setup:mek")
 
 
@@ -343,7 +339,7 @@ def mek_generate(request, node):
     try:
         keys.mek_generate(user=request.user)
     except StepRefused as refused:
-        return _refused(request, refused, "setup:mek")
+        return refused_redirect(request, refused, "setup:mek")
     return redirect("setup:mek")
 
 
@@ -372,7 +368,7 @@ def mek_confirm(request, node):
     try:
         result = keys.mek_confirm(user=request.user, typed=typed)
     except StepRefused as refused:
-        return _refused(request, refused, "setup:mek")
+        return refused_redirect(request, refused, "setup:mek")
     if result.ok:
         messages.success(request, result.message)
         return redirect("setup:finalise")
@@ -401,7 +397,7 @@ def finalise_step(request, node):
         try:
             wizard.setup_finalise(user=request.user)
         except StepRefused as refused:
-            return _refused(request, refused, "setup:finalise")
+            return refused_redirect(request, refused, "setup:finalise")
         messages.success(
             request,
             "Setup is finalised: this node is a standalone server with its cluster CA and its own certificate. "

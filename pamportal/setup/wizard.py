@@ -28,6 +28,15 @@ from .selectors import preflight_finished, setup_preflight_run
 SKIP_BEFORE_LICENCE = ("licence.valid",)
 
 
+def _node_at(step: str) -> Node:
+    """This node's row, locked, for a service of ``step``: refused once the node is
+    finalised or while an earlier step is not done."""
+    node = node_locked()
+    refuse_if_finalised(node)
+    refuse_unless_due(node, step)
+    return node
+
+
 @transaction.atomic
 def setup_node_set(*, user, address: str, ntp_servers: list[str]) -> Node:
     """Set the node address and NTP servers. A change voids an earlier preflight run."""
@@ -50,9 +59,7 @@ def setup_node_set(*, user, address: str, ntp_servers: list[str]) -> Node:
 @transaction.atomic
 def setup_preflight_start(*, user) -> PreflightRun:
     """Start a preflight run with this node's address and NTP servers."""
-    node = node_locked()
-    refuse_if_finalised(node)
-    refuse_unless_due(node, "preflight")
+    node = _node_at("preflight")
     context = preflight_conf.context_default(address=node.address, ntp_servers=list(node.ntp_servers))
     run = preflight_run_start(user=user, context=context, skip=SKIP_BEFORE_LICENCE)
     node.preflight_run_id = run.pk
@@ -65,9 +72,7 @@ def setup_preflight_start(*, user) -> PreflightRun:
 def setup_preflight_pass(*, user) -> Node:
     """Go on from preflight: the wizard's run has ended with nothing blocking (no error,
     every warning accepted)."""
-    node = node_locked()
-    refuse_if_finalised(node)
-    refuse_unless_due(node, "preflight")
+    node = _node_at("preflight")
     run = setup_preflight_run(node)
     if run is None:
         raise StepRefused("Run preflight first.")
@@ -88,9 +93,7 @@ def setup_preflight_pass(*, user) -> Node:
 @transaction.atomic
 def setup_licence_done(*, user) -> Node:
     """Go on from the licence step: a valid licence is installed."""
-    node = node_locked()
-    refuse_if_finalised(node)
-    refuse_unless_due(node, "licence")
+    node = _node_at("licence")
     status = licence_status()
     if not status.ok:
         raise StepRefused(status.message)
@@ -111,9 +114,7 @@ def setup_finalise(*, user) -> Node:
     """Create the cluster CA and this node's certificate (private keys stored only
     sealed with the MEK), write the certificate files the console serves, and mark the
     node a finalised standalone server: one transaction with its audit events."""
-    node = node_locked()
-    refuse_if_finalised(node)
-    refuse_unless_due(node, "finalise")
+    node = _node_at("finalise")
     status = licence_status()
     if not status.ok:
         raise StepRefused(f"{status.message} Go back to the licence step.")

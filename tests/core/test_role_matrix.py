@@ -50,14 +50,14 @@ AUDITORS = {ADMIN, AUDITOR}
 # (url name, method, kwargs kind) -> expected status per role
 MATRIX: dict[tuple[str, str], dict[str, int]] = {
     ("healthz", "GET"): everyone(200),
-    ("healthz", "POST"): everyone(200),  # no method decorator: it answers any method
+    ("healthz", "POST"): everyone(405),
     ("nodes:dashboard", "GET"): signed_in(200),
     ("nodes:collect_facts", "POST"): only(RUNNERS, 302),
     ("nodes:collect_facts", "GET"): only(RUNNERS, 405),
     # The first administrator exists but the node is not finalised: administrators are
     # led on through the wizard; everyone else is told that setup is in hand.
     ("setup:start", "GET"): {**everyone(200), ADMIN: 302},
-    ("setup:start", "POST"): {**everyone(200), ADMIN: 302},  # no method decorator
+    ("setup:start", "POST"): everyone(405),
     ("setup:token", "GET"): everyone(302),
     ("setup:token", "POST"): everyone(403),
     ("setup:administrator", "GET"): everyone(302),
@@ -93,7 +93,7 @@ MATRIX: dict[tuple[str, str], dict[str, int]] = {
     ("accounts:password_change", "GET"): signed_in(200),
     ("accounts:password_change", "POST"): signed_in(200),
     ("accounts:user_list", "GET"): only({ADMIN}, 200),
-    ("accounts:user_list", "POST"): only({ADMIN}, 200),  # no method decorator
+    ("accounts:user_list", "POST"): only({ADMIN}, 405),
     ("accounts:user_create", "GET"): only({ADMIN}, 200),
     ("accounts:user_create", "POST"): only({ADMIN}, 200),  # empty form: shown again with its errors
     ("accounts:user_disable", "POST"): only({ADMIN}, 302),
@@ -149,7 +149,7 @@ MATRIX: dict[tuple[str, str], dict[str, int]] = {
     ("setup:join", "GET"): only({ADMIN}, 200),
     ("setup:join", "POST"): only({ADMIN}, 400),
     ("setup:join_status", "GET"): only({ADMIN}, 302),
-    ("setup:join_status", "POST"): only({ADMIN}, 302),  # no method decorator
+    ("setup:join_status", "POST"): only({ADMIN}, 405),
     ("setup:join_check", "POST"): only({ADMIN}, 302),
     ("setup:join_send", "POST"): only({ADMIN}, 302),
     ("licensing:detail", "GET"): signed_in(200),
@@ -211,7 +211,8 @@ def test_method_reading_sees_the_decorators():
     assert methods["accounts:user_disable"] == {"POST"}
     assert methods["accounts:user_create"] == {"GET", "POST"}
     assert methods["audit:list"] == {"GET"}
-    assert methods["healthz"] == UNRESTRICTED
+    assert methods["healthz"] == {"GET"}  # HEAD aside
+    assert _accepted_methods(lambda request: None) == UNRESTRICTED
 
 
 def test_refused_method_rows_name_methods_the_view_refuses():

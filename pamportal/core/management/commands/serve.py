@@ -21,7 +21,10 @@ from pathlib import Path
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
+from pamportal.cluster.etcd_process import command_line
+from pamportal.cluster.local_etcd import etcd_available, local_member_config
 from pamportal.core import config
+from pamportal.nodes.services import ca_cert_path
 
 # A warm Celery shutdown waits for running steps (a join can wait for hours); after
 # this grace the rest is killed, which leases and idempotent steps make safe.
@@ -143,10 +146,6 @@ class Command(BaseCommand):
     def cluster_commands(self) -> dict[str, tuple[list[str], dict[str, str]]]:
         """The cluster listeners and etcd, wanted once their prerequisites exist: the
         cluster CA (setup finalised or joined) and this node's member configuration."""
-        from pamportal.cluster.etcd_process import command_line
-        from pamportal.cluster.local_etcd import etcd_available, local_member_config
-        from pamportal.nodes.services import ca_cert_path
-
         wanted: dict[str, tuple[list[str], dict[str, str]]] = {}
         ca = ca_cert_path()
         if ca.exists():

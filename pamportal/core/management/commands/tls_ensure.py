@@ -6,9 +6,12 @@ from pathlib import Path
 
 from django.conf import settings
 from django.core.management.base import BaseCommand
+from django.db import DatabaseError
 
 from pamportal.core.files import write_private
 from pamportal.crypto.ca import certificate_not_after, self_signed_certificate
+from pamportal.nodes.selectors import node_is_finalised
+from pamportal.nodes.services import node_tls_files_restore
 
 
 class Command(BaseCommand):
@@ -37,12 +40,7 @@ class Command(BaseCommand):
 
     def _restore_finalised(self) -> bool:
         """A finalised node serves its CA-signed certificate, never a new self-signed one."""
-        from django.db import DatabaseError
-
         try:
-            from pamportal.nodes.selectors import node_is_finalised
-            from pamportal.nodes.services import node_tls_files_restore
-
             return node_is_finalised() and node_tls_files_restore()
         except DatabaseError:  # not migrated yet: a first boot
             return False
