@@ -11,12 +11,13 @@
 #   libpango-1.0-0 libpangoft2-1.0-0 fonts-dejavu-core   WeasyPrint's PDF reports
 #   libreoffice-calc-nogui          opening the CSV audit exports as a spreadsheet would
 #   rsyslog rsyslog-gnutls          a real syslog collector (TLS) for SIEM forwarding
+#   systemd                         systemd-analyze verify on the units of `manage.py install_units`
 set -euo pipefail
 
 PACKAGES=(
     chromium etcd-server etcd-client poppler-utils
     libpango-1.0-0 libpangoft2-1.0-0 fonts-dejavu-core
-    libreoffice-calc-nogui rsyslog rsyslog-gnutls
+    libreoffice-calc-nogui rsyslog rsyslog-gnutls systemd
 )
 
 if [ "${PAM_SKIP_SYSTEM_PACKAGES:-}" = "1" ]; then

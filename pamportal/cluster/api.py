@@ -18,7 +18,7 @@ from django.views.decorators.http import require_GET, require_POST
 
 from pamportal.nodes.selectors import node_address, node_current
 
-from . import conf, protocol
+from . import conf, local_etcd, protocol
 from .models import Decision, RequestState
 from .refusals import ClusterRefused
 from .requests import join_refusal_record, join_request_create, join_request_for_poll
@@ -97,6 +97,7 @@ def join_status_payload(join_request) -> dict:
             "etcd_member_name": join_request.etcd_member_name,
             "etcd_member_id": join_request.etcd_member_id,
             "etcd_initial_cluster_state": "existing",
+            "etcd_initial_cluster_token": local_etcd.handover_cluster_token(),
         }
     return data
 

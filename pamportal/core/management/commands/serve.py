@@ -6,10 +6,22 @@ reloaded so that it serves the new one.
 A small supervisor rather than honcho/supervisord: it needs the node's own settings
 (ports, TLS files, queue) to build the command lines, and must stop everything when
 any one process dies, which is a dozen lines here.
+
+The command lines are those of ``pamportal.core.units.node_processes``, the same ones
+the systemd units of ``manage.py install_units`` run (production). Children never
+outlive serve: each is started with PR_SET_PDEATHSIG, so a serve killed with SIGKILL
+takes its console, worker and etcd member with it.
+
+The etcd member runs ``manage.py run_etcd``. Its lifecycle can be kept apart from the
+app's: ``serve --no-etcd`` (or ``PAM_SERVE_WITHOUT_ETCD=1``) leaves it out, and
+``manage.py run_etcd`` runs the member in a terminal (or a supervisor) of its own, so
+restarting serve never restarts the member. In production it is a unit of its own
+(``pamportal-etcd.service``).
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import stat
@@ -21,10 +33,11 @@ from pathlib import Path
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
-from pamportal.cluster.etcd_process import command_line
 from pamportal.cluster.local_etcd import etcd_available, local_member_config
 from pamportal.core import config
-from pamportal.nodes.services import ca_cert_path
+from pamportal.core.units import GUNICORN_CONFIG, TLS12_CIPHERS, NodeLayout, NodeProcess, gunicorn_argv, node_processes
+
+__all__ = ["GUNICORN_CONFIG", "TLS12_CIPHERS", "Command", "tighten_data_dir"]
 
 # A warm Celery shutdown waits for running steps (a join can wait for hours); after
 # this grace the rest is killed, which leases and idempotent steps make safe.
@@ -32,9 +45,24 @@ STOP_GRACE_SECONDS = 10
 # A new certificate is picked up once its file has stayed unchanged this long, so a
 # reload never catches the key and the certificate half-written.
 CERT_SETTLE_SECONDS = 1.0
-# OpenSSL cipher list for TLS 1.2: ECDHE key exchange with AES-GCM or ChaCha20-Poly1305.
-TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:!aNULL:!eNULL"
-GUNICORN_CONFIG = Path(__file__).resolve().parents[3] / "gunicorn_conf.py"
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+_libc = ctypes.CDLL(None, use_errno=True) if sys.platform.startswith("linux") else None
+
+
+def die_with_parent(parent_pid: int, death_signal: int = signal.SIGTERM):
+    """A ``preexec_fn``: the child gets ``death_signal`` when serve dies, however it
+    dies (SIGKILL included). It survives the exec (not a set-user-ID program). If
+    serve died before prctl took effect, the child is already an orphan: it exits."""
+
+    def preexec() -> None:
+        if _libc is None:
+            return
+        if _libc.prctl(PR_SET_PDEATHSIG, death_signal, 0, 0, 0) != 0:
+            os._exit(126)
+        if os.getppid() != parent_pid:
+            os._exit(1)
+
+    return preexec
 
 
 def tighten_data_dir(root: Path) -> list[Path]:
@@ -101,77 +129,59 @@ class Command(BaseCommand):
     def add_arguments(self, parser):
         parser.add_argument("--workers", type=int, default=2, help="gunicorn worker processes")
         parser.add_argument("--concurrency", type=int, default=2, help="Celery worker processes")
-
-    @staticmethod
-    def _bind(port: int) -> str:
-        bind = settings.PAM_BIND_ADDRESS
-        return f"[{bind}]:{port}" if ":" in bind else f"{bind}:{port}"
+        parser.add_argument("--no-etcd", action="store_true",
+                            help="do not run the etcd member (run `manage.py run_etcd` on its own instead)")
 
     def _gunicorn(self, port: int, workers: int, *extra: str) -> list[str]:
-        return [
-            sys.executable, "-m", "gunicorn", "pamportal.wsgi:application",
-            "--bind", self._bind(port),
-            "--certfile", str(settings.PAM_TLS_CERT), "--keyfile", str(settings.PAM_TLS_KEY),
-            "--workers", str(workers), "--worker-class", "gthread", "--threads", "4",
-            "--timeout", "60", "--access-logfile", "-", "--forwarded-allow-ips", "",
-            # TLS 1.2 with forward secrecy and AEAD only (TLS 1.3 suites are all AEAD);
-            # the chain, TLS 1.2 minimum and no Server banner: GUNICORN_CONFIG.
-            "--ciphers", TLS12_CIPHERS, "--config", str(GUNICORN_CONFIG),
-            # gunicorn's default control socket is ~/.gunicorn/gunicorn.ctl, one for
-            # every listener of every node on the host; serve drives the masters
-            # with signals, so none.
-            "--no-control-socket",
-            "--umask", "0o077",
-            *extra,
-        ]
+        return gunicorn_argv(NodeLayout.from_settings(), port, workers, *extra)
 
-    def commands(self, workers: int, concurrency: int) -> dict[str, list[str]]:
-        """The processes without which the node is down: console and worker.
+    def processes(self, workers: int = 2, concurrency: int = 2) -> dict[str, NodeProcess]:
+        """Every process this node may run, from the function the systemd units are
+        written from (``units.node_processes``).
 
         ``PAM_SERVE_WITHOUT_WORKER=1`` leaves the worker out, for split deployments
         (the worker runs under its own supervisor) and for tests that kill and
         restart a node's worker on their own; the worker must then run elsewhere."""
+        return node_processes(NodeLayout.from_settings(), workers=workers, concurrency=concurrency,
+                              with_worker=not config.env("PAM_SERVE_WITHOUT_WORKER", False, bool))
+
+    def commands(self, workers: int, concurrency: int) -> dict[str, list[str]]:
+        """The processes without which the node is down: console and worker."""
         if not (settings.PAM_TLS_CERT.exists() and settings.PAM_TLS_KEY.exists()):
             raise CommandError("no TLS certificate in the data dir: run `manage.py tls_ensure` first")
-        commands = {"web": self._gunicorn(settings.PAM_HTTPS_PORT, workers)}
-        if not config.env("PAM_SERVE_WITHOUT_WORKER", False, bool):
-            commands["worker"] = [
-                sys.executable, "-m", "celery", "-A", "pamportal", "worker", "--beat",
-                "--schedule", settings.CELERY_BEAT_SCHEDULE_FILENAME,
-                "--loglevel", "INFO", "--concurrency", str(concurrency),
-                "-Q", settings.CELERY_TASK_DEFAULT_QUEUE,
-            ]
-        return commands
+        return {name: p.argv for name, p in self.processes(workers, concurrency).items() if p.essential}
 
-    def cluster_commands(self) -> dict[str, tuple[list[str], dict[str, str]]]:
-        """The cluster listeners and etcd, wanted once their prerequisites exist: the
-        cluster CA (setup finalised or joined) and this node's member configuration."""
+    def cluster_commands(self, without_etcd: bool = False) -> dict[str, tuple[list[str], dict[str, str]]]:
+        """The cluster listeners and etcd, wanted once their files exist (the cluster
+        CA: setup finalised or joined; for etcd also a readable member configuration)."""
         wanted: dict[str, tuple[list[str], dict[str, str]]] = {}
-        ca = ca_cert_path()
-        if ca.exists():
-            wanted["setup-api"] = (self._gunicorn(settings.PAM_SETUP_API_PORT, 1), {"PAM_LISTENER": "setup-api"})
-            wanted["delegation"] = (
-                # Mutual TLS: only clients with a certificate from the cluster CA.
-                self._gunicorn(settings.PAM_DELEGATION_API_PORT, 1, "--cert-reqs", "2", "--ca-certs", str(ca)),
-                {"PAM_LISTENER": "delegation"},
-            )
-        member = local_member_config()
-        if member is not None and ca.exists() and etcd_available():
-            Path(member.data_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
-            wanted["etcd"] = (command_line(member), {})
+        for name, process in self.processes().items():
+            if process.essential or not all(path.exists() for path in process.requires_files):
+                continue
+            if name == "etcd" and (without_etcd or local_member_config() is None or not etcd_available()):
+                continue
+            wanted[name] = (process.argv, process.env)
         return wanted
 
     def _start(self, name: str, command: list[str], env: dict[str, str] | None = None) -> subprocess.Popen:
         full_env = {**os.environ, **(env or {})}
+        layout = NodeLayout.from_settings()
+        process = node_processes(layout).get(name)
+        death_signal = process.death_signal if process is not None else signal.SIGTERM
+        # Its own session, so that a Ctrl-C reaches serve alone (which stops the
+        # children in order); the death signal, so that none outlives serve.
+        options = dict(start_new_session=True, env=full_env, cwd=str(layout.app_dir),
+                       preexec_fn=die_with_parent(os.getpid(), death_signal))
         if name == "etcd":
             log = open(Path(settings.PAM_LOG_DIR) / "etcd.log", "ab")
             try:
-                return subprocess.Popen(command, start_new_session=True, env=full_env, stdout=log, stderr=subprocess.STDOUT)
+                return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, **options)
             finally:
                 log.close()
-        return subprocess.Popen(command, start_new_session=True, env=full_env)
+        return subprocess.Popen(command, **options)
 
-    def handle(self, *args, workers: int, concurrency: int, **options):
+    def handle(self, *args, workers: int, concurrency: int, no_etcd: bool = False, **options):
+        self.without_etcd = no_etcd or config.env("PAM_SERVE_WITHOUT_ETCD", False, bool)
         # Every process started below (gunicorn, Celery worker and beat, etcd) inherits
         # the mask: what they write in the data dir is for this user only.
         os.umask(0o077)
@@ -219,7 +229,7 @@ class Command(BaseCommand):
     def _supervise_cluster(self, processes, restart_after, backoff) -> None:
         """Start wanted cluster processes, restart them (with back-off) when they die,
         stop the ones no longer wanted (e.g. etcd after this node left the cluster)."""
-        wanted = self.cluster_commands()
+        wanted = self.cluster_commands(without_etcd=getattr(self, "without_etcd", False))
         now = time.monotonic()
         for name in [n for n in processes if n not in ("web", "worker") and n not in wanted]:
             self.stdout.write(f"{name} is no longer needed on this node: stopping it")
@@ -237,6 +247,7 @@ class Command(BaseCommand):
                 continue
             self.stdout.write(f"starting {name}")
             processes[name] = self._start(name, command, env)
+
     def _stop_all(self, processes: dict[str, subprocess.Popen]) -> None:
         for proc in processes.values():
             if proc.poll() is None:
