@@ -9,6 +9,7 @@ import threading
 from datetime import datetime
 from typing import Iterator
 
+from django.core.paginator import Page, Paginator
 from django.db import connection, transaction
 from django.db.models import QuerySet
 
@@ -55,6 +56,16 @@ def audit_event_list(
     if time_to is not None:
         events = events.filter(time__lte=time_to)
     return events
+
+
+def audit_event_page(filters: dict, number, *, per_page: int) -> Page:
+    """One page of ``audit_event_list(**filters)``. Unfiltered, the number of events is
+    the chain head's position (positions run 1..head without gaps, events are never
+    deleted), so the pager costs no COUNT(*) over the whole audit table."""
+    paginator = Paginator(audit_event_list(**filters), per_page)
+    if not filters:
+        paginator.count = audit_head()[0]  # Paginator.count is a cached_property
+    return paginator.get_page(number)
 
 
 def audit_event_neighbours(event: AuditEvent) -> tuple[int | None, int | None]:
