@@ -4,6 +4,7 @@ in the same transaction: no audit, no action."""
 
 from __future__ import annotations
 
+import math
 import secrets
 import string
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from django.db import transaction
 from django.http import HttpRequest
 from django.utils import timezone
 from django_otp import login as otp_login
+from django_otp.oath import TOTP, hotp
 
 from pamportal.audit.actions import AuditAction, Outcome
 from pamportal.audit.refusals import Refused, audited_refusals
@@ -70,6 +72,61 @@ def lockout_minutes() -> int:
     return int(cool_off.total_seconds() // 60) if cool_off else 0
 
 
+# --- TOTP codes: what a refused code tells the user ---------------------------------------
+# django-otp holds a device off for 1, 2, 4 … seconds after each wrong code in a row
+# (``verify_is_allowed``). Only from this many failures on is it "too many in a row";
+# before that the user is only asked to wait the second or two left.
+TOTP_TOO_MANY_IN_A_ROW = 3
+
+
+def _totp_throttled(info: dict | None) -> tuple[str, str]:
+    info = info or {}
+    failures = int(info.get("failure_count") or 0)
+    until = info.get("locked_until")
+    seconds = max(1, math.ceil((until - timezone.now()).total_seconds())) if until else 1
+    wait = f"{seconds} second{'s' if seconds != 1 else ''}"
+    if failures >= TOTP_TOO_MANY_IN_A_ROW:
+        return ("too many wrong codes in a row",
+                f"Too many wrong codes in a row ({failures}). Wait {wait}, then enter the current code.")
+    return ("too soon after a wrong code",
+            f"The last code was not accepted; wait {wait}, then enter the current code.")
+
+
+def totp_code_used(device: TOTPDevice, code: str) -> bool:
+    """Whether ``code`` is one this device has already accepted: it matches a time step
+    ``verify_token`` would look at, but not after the last step accepted (a replay)."""
+    try:
+        token = int(code)
+        key = device.bin_key
+    except Exception:  # not digits, or a secret that does not open: not "used"
+        return False
+    now_t = TOTP(key, device.step, device.t0, device.digits, device.drift).t()
+    return any(
+        hotp(key, t, digits=device.digits) == token
+        for t in range(now_t - device.tolerance, min(now_t + device.tolerance, device.last_t) + 1)
+    )
+
+
+def totp_code_problem(device: TOTPDevice, code: str) -> tuple[str, str] | None:
+    """Check ``code`` on ``device`` (a wrong one counts against its throttle): None when
+    accepted, else (the audit reason, the message the user reads)."""
+    allowed, info = device.verify_is_allowed()
+    if not allowed:
+        return _totp_throttled(info)
+    code = (code or "").strip()
+    if not code:
+        return "no code given", "Enter the 6-digit code your authenticator app shows."
+    if device.verify_token(code):
+        return None
+    if device.unusable_reason:
+        return ("secret unreadable on this node",
+                "Your authenticator's secret cannot be read on this node; ask an administrator to reset it.")
+    if totp_code_used(device, code):
+        return "code already used", "That code was already used; wait for the next code on your authenticator."
+    return ("wrong TOTP code",
+            "That 6-digit code does not match your authenticator. Check your phone's clock and enter the current code.")
+
+
 # --- Logging in and out -----------------------------------------------------------------
 
 
@@ -107,8 +164,7 @@ def session_login(*, request: HttpRequest, username: str, password: str, code: s
     if device is not None:
         allowed, info = device.verify_is_allowed()
         if not allowed:
-            reason = "too many wrong codes in a row"
-            error = "Too many wrong codes in a row. Wait a few seconds and enter the current code."
+            reason, error = _totp_throttled(info)
         elif not code:
             reason = "no code given"
             error = "Enter the 6-digit code from your authenticator app."
@@ -200,9 +256,9 @@ class EnrolResult:
 def totp_enrol_confirm(*, request: HttpRequest, device: TOTPDevice, code: str) -> EnrolResult:
     user = request.user
     device = TOTPDevice.objects.select_for_update().get(pk=device.pk, user=user, confirmed=False)
-    allowed, _info = device.verify_is_allowed()
+    allowed, info = device.verify_is_allowed()
     if not allowed:
-        reason, error = "too many wrong codes in a row", "Too many wrong codes in a row. Wait a few seconds and try the current code."
+        reason, error = _totp_throttled(info)
     elif not code:
         reason, error = "no code given", "Enter the 6-digit code your authenticator app shows."
     elif not device.verify_token(code):

@@ -100,6 +100,7 @@ class AuditAction(models.TextChoices):
     JOIN_HANDOVER_APPLIED = "join.handover_applied", "Certificate and etcd configuration installed"
     JOIN_COMPLETED = "join.completed", "Joined the cluster"
     JOIN_FAILED = "join.failed", "Join failed"
+    JOIN_DISCARDED = "join.discarded", "Unsent join discarded to start again"
 
 
 # What the PDF report lists under "Approvals and votes": requests that need approval,

@@ -3,11 +3,13 @@ with their signed manifests, checkpoints and SIEM forwarding."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+from functools import lru_cache
+from pathlib import Path
 
 from django.contrib import messages
 from django.core.exceptions import PermissionDenied
-from django.core.paginator import Paginator
 from django.http import FileResponse, Http404, HttpResponse
 from django.shortcuts import get_object_or_404, redirect, render
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
@@ -24,8 +26,8 @@ from .jobs import siem_forward_start
 from .models import AuditEvent, AuditExport
 from .selectors import (
     audit_event_hash_matches,
-    audit_event_list,
     audit_event_neighbours,
+    audit_event_page,
     audit_head,
     audit_trail_facts,
 )
@@ -40,8 +42,7 @@ _CONTENT_TYPES = {"csv": "text/csv; charset=utf-8", "jsonl": "application/jsonl;
 @require_capability("audit.view")
 def event_list(request):
     form = AuditFilterForm(request.GET or None)
-    events = audit_event_list(**form.filters())
-    page = Paginator(events, PAGE_SIZE).get_page(request.GET.get("page"))
+    page = audit_event_page(form.filters(), request.GET.get("page"), per_page=PAGE_SIZE)
     context = {"form": form, "page": page}
     # The filter form and the pager swap only the table when htmx is there.
     if htmx_partial(request):
@@ -101,11 +102,32 @@ def _export(export_id) -> AuditExport:
 def export_detail(request, export_id):
     export = _export(export_id)
     manifest = json.loads(export.manifest) if export.manifest else None
-    context = {"export": export, "manifest": manifest, **audit_trail_facts()}
+    context = {"export": export, "manifest": manifest, "verifier_name": VERIFIER_NAME,
+               "verifier_sha256": verifier_sha256(), **audit_trail_facts()}
     if export.job is not None:
         context["job"] = export.job
         context["progress"] = job_progress(export.job)
     return render(request, "audit/export_detail.html", context)
+
+
+# The offline verifier handed to an export's recipient: this very module file, which
+# the suite keeps byte-identical to tools/verify_audit_export.py.
+VERIFIER_NAME = "verify_audit_export.py"
+_VERIFIER_PATH = Path(__file__).with_name("offline.py")
+
+
+@lru_cache(maxsize=1)
+def verifier_sha256() -> str:
+    return hashlib.sha256(_VERIFIER_PATH.read_bytes()).hexdigest()
+
+
+@require_GET
+@require_capability("audit.export")
+def export_verifier(request):
+    response = HttpResponse(_VERIFIER_PATH.read_bytes(), content_type="text/x-python; charset=utf-8")
+    response["Content-Disposition"] = f'attachment; filename="{VERIFIER_NAME}"'
+    response["X-Content-Type-Options"] = "nosniff"
+    return response
 
 
 def _ready_path(export: AuditExport):

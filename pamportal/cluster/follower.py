@@ -106,6 +106,36 @@ def join_bundle_open(*, user, data: bytes, mek_text: str, own_address: str) -> F
     return join
 
 
+# States in which nothing has reached the leader yet (or the leader ended the request):
+# the operator may drop this join and open another bundle.
+RESTARTABLE_STATES = (JoinState.OPENED, JoinState.CHECKED, JoinState.FAILED)
+DISCARDED_REASON = "Discarded by {user} to start again with another bundle."
+
+
+@audited_refusals
+def join_discard(*, user) -> FollowerJoin | None:
+    """Drop the join that has not been sent (or that the leader ended), so the operator
+    can open another bundle. Refused while a request waits on the leader or the node
+    is joining: the leader holds that request, and only it can end it."""
+    join = FollowerJoin.objects.select_for_update().order_by("-pk").first()
+    if join is None:
+        return None
+    if join.state not in RESTARTABLE_STATES:
+        raise JoinRefused("join_pending", "The leader holds this node's join request; it cannot be discarded here. "
+                          "Ask the approvers on the leader to deny it, or wait until it expires.",
+                          target=f"bundle:{join.bundle_id}")
+    if join.state != JoinState.FAILED:
+        join.state = JoinState.FAILED
+        join.failure_reason = DISCARDED_REASON.format(user=user.get_username())
+    # The bundle's token and the unsent key are of no further use.
+    join.sealed_join_token = ""
+    join.sealed_node_key = "" if not join.request_id else join.sealed_node_key
+    join.save(update_fields=["state", "failure_reason", "sealed_join_token", "sealed_node_key", "updated_at"])
+    audit_record(action=AuditAction.JOIN_DISCARDED, target=f"bundle:{join.bundle_id}",
+                 details={"leader": join.leader_address, "sent": bool(join.request_id)})
+    return join
+
+
 # --- 2. preflight against the leader -----------------------------------------------------
 def _leader_context(join: FollowerJoin) -> ssl.SSLContext:
     context = ssl.create_default_context(cadata=join.ca_cert_pem)  # pinned: only the cluster CA
@@ -298,6 +328,8 @@ def _apply_handover(join: FollowerJoin, handover: dict) -> None:
     local_etcd.local_member_configure(
         address=join.own_address, name=handover["etcd_member_name"],
         initial_cluster=handover["etcd_initial_cluster"], initial_state="existing",
+        # A leader from before per-cluster tokens hands none over: its cluster's is the old one.
+        cluster_token=handover.get("etcd_initial_cluster_token") or local_etcd.LEGACY_CLUSTER_TOKEN,
     )
 
 

@@ -138,6 +138,8 @@ class JoinRequest(ApprovalRequestBase):
     csr_pem = models.TextField()
     preflight_summary = models.JSONField(default=dict, blank=True)
     poll_secret_hash = models.CharField(max_length=64)
+    # Where the request came from, for the approvers to compare out of band.
+    source_address = models.CharField(max_length=64, blank=True)
     # Filled in by the join steps; the follower's poll returns them once handed over.
     cert_pem = models.TextField(blank=True)
     cert_serial = models.CharField(max_length=64, blank=True)

@@ -16,6 +16,7 @@ from django.utils import timezone
 
 from pamportal.accounts.models import TOTPDevice
 from pamportal.accounts.roles import Role
+from pamportal.accounts.services import totp_code_problem
 from pamportal.audit.actions import AuditAction, Outcome
 from pamportal.audit.refusals import audited_refusals
 from pamportal.audit.services import audit_record
@@ -116,6 +117,7 @@ def join_request_create(*, payload: protocol.JoinPayload, source_ip: str = "") -
     request = JoinRequest.objects.create(
         bundle=bundle, follower_address=bundle.follower_address, follower_version=payload.follower_version,
         csr_pem=payload.csr_pem, preflight_summary=payload.preflight_summary, poll_secret_hash=secret_digest(secret),
+        source_address=source_ip[:64],
         requested_at=now, expires_at=now + timedelta(hours=policy.request_lifetime_hours),
         required_approvals=policy.required_approvals, approver_role=policy.approver_role,
         request_hash=protocol.join_request_hash(
@@ -189,12 +191,11 @@ def _totp_check(user, code: str, target: str) -> None:
         device = TOTPDevice.objects.select_for_update().filter(user=user, confirmed=True).first()
         if device is None:
             reason, message = "no TOTP device", "You have no authenticator enrolled; enrol one before voting."
-        elif not device.verify_is_allowed()[0]:
-            reason, message = "too many wrong codes", "Too many wrong codes in a row. Wait a little and try again."
-        elif not code or not device.verify_token(code.strip()):
-            reason, message = "wrong TOTP code", "That 6-digit code does not match your authenticator. Try the current one."
         else:
-            return
+            problem = totp_code_problem(device, code)
+            if problem is None:
+                return
+            reason, message = problem
     raise _vote_refused(message, reason, target)
 
 

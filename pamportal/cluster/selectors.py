@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import threading
+import time
 from dataclasses import dataclass, field
 
 from django.conf import settings
@@ -183,9 +185,56 @@ def _layout(views: list[MemberView], size: int) -> list[tuple[int, int, int, int
     return [(leader.x, leader.y, v.x, v.y) for v in views if v is not leader]
 
 
+# etcd as the cluster page shows it, kept this long in each process: a page view (and 20
+# operators refreshing it) costs no etcd round trips, only the first one in the window.
+ETCD_STATUS_SECONDS = 3.0
+_etcd_status_lock = threading.Lock()
+_etcd_status: dict = {}
+
+
+@dataclass(frozen=True)
+class EtcdStatus:
+    ok: bool
+    detail: str
+    members: tuple = ()
+    health: dict = field(default_factory=dict)  # client URL -> (healthy, detail)
+
+
+def _etcd_status_read(timeout: float) -> EtcdStatus:
+    try:
+        client = connections.etcd_client(timeout=timeout)
+        members = client.member_list()
+        health = {m.client_urls[0]: client.health(m.client_urls[0]) for m in members if m.client_urls}
+    except (EtcdException, OSError, ValueError) as exc:
+        return EtcdStatus(ok=False, detail=f"etcd cannot be reached: {exc}")
+    return EtcdStatus(ok=True, detail=f"{len(members)} etcd member{'s' if len(members) != 1 else ''}",
+                      members=tuple(members), health=health)
+
+
+def etcd_status(*, timeout: float = 2.0, max_age: float = ETCD_STATUS_SECONDS) -> EtcdStatus:
+    """etcd's member list and each member's health, read at most once per ``max_age``
+    seconds in this process (concurrent callers wait for the one read). The client
+    factory is the key, so a substituted client never sees another's answer."""
+    key = connections.etcd_client
+    with _etcd_status_lock:
+        cached = _etcd_status.get(key)
+        if cached is not None and time.monotonic() - cached[0] < max_age:
+            return cached[1]
+        status = _etcd_status_read(timeout)
+        _etcd_status.clear()
+        _etcd_status[key] = (time.monotonic(), status)
+        return status
+
+
+def etcd_status_forget() -> None:
+    with _etcd_status_lock:
+        _etcd_status.clear()
+
+
 def cluster_overview(*, timeout: float = 2.0) -> ClusterOverview:
     """Every live member with its etcd state and health and the last heartbeat; the
-    failure tolerance from etcd's voting members (or the members we know of)."""
+    failure tolerance from etcd's voting members (or the members we know of). etcd's
+    part is at most ``ETCD_STATUS_SECONDS`` old (see ``etcd_status``)."""
     members = list(ClusterMember.objects.filter(state__in=[*LIVE_MEMBER_STATES, MemberState.FAILED])
                    .order_by("-role", "address"))
     if not any(m.role == MemberRole.LEADER for m in members):
@@ -193,11 +242,10 @@ def cluster_overview(*, timeout: float = 2.0) -> ClusterOverview:
         members.insert(0, ClusterMember(address=node_address(node), role=MemberRole.LEADER,
                                         state=MemberState.ACTIVE, version=settings.PAM_VERSION))
     views = [MemberView(member=m) for m in members]
-    etcd_ok, detail, voting = False, "", None
-    try:
-        client = connections.etcd_client(timeout=timeout)
-        etcd_members = client.member_list()
-        etcd_ok, detail = True, f"{len(etcd_members)} etcd member{'s' if len(etcd_members) != 1 else ''}"
+    status = etcd_status(timeout=timeout)
+    voting = None
+    if status.ok:
+        etcd_members = list(status.members)
         voting = sum(1 for m in etcd_members if m.is_voter)
         for view in views:
             found = connections.find_member(etcd_members, member_id=view.member.etcd_member_id or None,
@@ -208,14 +256,12 @@ def cluster_overview(*, timeout: float = 2.0) -> ClusterOverview:
             view.etcd_id = found.hex_id
             view.etcd_state = "learner" if found.is_learner else ("voting" if found.started else "not started")
             if found.client_urls:
-                view.etcd_health, view.etcd_detail = client.health(found.client_urls[0])
-    except (EtcdException, OSError, ValueError) as exc:
-        detail = f"etcd cannot be reached: {exc}"
+                view.etcd_health, view.etcd_detail = status.health[found.client_urls[0]]
     if voting is None:
         voting = sum(1 for v in views if v.member.state == MemberState.ACTIVE)
     size = 360
     links = _layout(views, size)
-    return ClusterOverview(members=views, etcd_ok=etcd_ok, etcd_detail=detail, voting=voting,
+    return ClusterOverview(members=views, etcd_ok=status.ok, etcd_detail=status.detail, voting=voting,
                            tolerance=failure_tolerance(voting),
                            tolerance_after_removal=failure_tolerance(max(0, voting - 1)),
                            diagram_size=size, links=links)
@@ -230,3 +276,97 @@ def open_removal_member_ids() -> set[int]:
     return set(RemovalRequest.objects.filter(state__in=OPEN_REQUEST_STATES).values_list("member_id", flat=True))
 
 
+
+
+# --- what an approver compares out of band ----------------------------------------------------
+@dataclass(frozen=True)
+class JoinRequestFacts:
+    """A join request's facts as the approver's card lists them."""
+
+    follower_address: str
+    source_address: str
+    bundle_id: str
+    key_fingerprint: str
+    preflight: list[str]
+    asked_by: str
+
+
+_PREFLIGHT_ORDER = ("failed", "errors", "warnings", "passed")
+
+
+def preflight_summary_lines(summary) -> list[str]:
+    """The follower's preflight summary (JSON it sent) as readable lines, failures first:
+    "Failed (1): clock.leader-offset", "Passed: 17". Never a Python repr."""
+    if not isinstance(summary, dict):
+        return []
+
+    def text(value) -> str:
+        if isinstance(value, (list, tuple)):
+            return ", ".join(text(v) for v in value) or "none"
+        if isinstance(value, dict):
+            return "; ".join(f"{k} {text(v)}" for k, v in value.items()) or "none"
+        return str(value)
+
+    keys = sorted(summary, key=lambda k: (_PREFLIGHT_ORDER.index(k) if k in _PREFLIGHT_ORDER else 99, str(k)))
+    lines = []
+    for key in keys:
+        value = summary[key]
+        label = str(key).replace("_", " ").replace("-", " ").capitalize()
+        count = f" ({len(value)})" if isinstance(value, (list, tuple)) and value else ""
+        lines.append(f"{label}{count}: {text(value)}")
+    return lines
+
+
+def join_request_facts(request: JoinRequest) -> JoinRequestFacts:
+    """Needs ``bundle__created_by`` loaded (``request_views`` does): no query."""
+    # Local import: this part was appended below the module's import block.
+    from pamportal.crypto.ca import csr_key_fingerprint
+
+    requester = request.requester
+    return JoinRequestFacts(
+        follower_address=request.follower_address,
+        source_address=request.source_address or "not recorded",
+        bundle_id=str(request.bundle.bundle_id),
+        key_fingerprint=csr_key_fingerprint(request.csr_pem) or "the CSR does not parse",
+        preflight=preflight_summary_lines(request.preflight_summary),
+        asked_by=requester.get_username() if requester is not None else "(unknown)",
+    )
+
+
+# --- what kind of node this is ------------------------------------------------------------------
+@dataclass(frozen=True)
+class NodeStanding:
+    """This node's place in a cluster, in the operator's words. Until the cluster is
+    replicated, a follower's own database knows nothing of the cluster: it is managed
+    on the leader."""
+
+    role: str  # a NodeRole value
+    leader_address: str = ""
+
+    @property
+    def is_follower(self) -> bool:
+        return self.role == "follower"  # NodeRole.FOLLOWER
+
+
+def node_standing(*, role: str | None = None) -> NodeStanding:
+    """A follower once its join reached the handover (``JoinState.JOINING``/``JOINED``,
+    or the node's role says so); else the node's own role. ``role``: the node's role
+    when the caller has read it already (one query less)."""
+    # Local imports: this part was appended below the module's import block.
+    from pamportal.nodes.models import NodeRole
+
+    from .follower_models import FollowerJoin, JoinState
+
+    join = (FollowerJoin.objects.filter(state__in=(JoinState.JOINING, JoinState.JOINED))
+            .order_by("-pk").only("leader_address").first())
+    role = role if role is not None else node_current().role
+    if join is not None or role == NodeRole.FOLLOWER:
+        return NodeStanding(role=NodeRole.FOLLOWER, leader_address=join.leader_address if join is not None else "")
+    return NodeStanding(role=role)
+
+
+def bundles_being_made(bundles) -> bool:
+    """Whether a bundle in ``bundles`` (from ``bundle_list``) still waits for its job:
+    the list is worth asking for again."""
+    return any(b.state == "outstanding" and not b.has_file and (b.job is None or not b.job.is_terminal)
+               for b in bundles)

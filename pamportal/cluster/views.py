@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from functools import wraps
+
 from django.contrib import messages
 from django.core.exceptions import PermissionDenied
 from django.http import HttpResponse
@@ -9,6 +11,7 @@ from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from pamportal.accounts.decorators import require_capability
+from pamportal.core.htmx import htmx_partial, stop_polling
 from pamportal.core.views import refused_redirect
 
 from . import selectors
@@ -22,10 +25,31 @@ from .removal import removal_request_create
 from .requests import join_request_vote, removal_request_vote
 
 
+def leader_only(view):
+    """Bundles, requests, votes, removals and the policy live on the leader. Until the
+    cluster is replicated a follower knows none of them: it sends the operator to the
+    cluster page, which says where to manage the cluster."""
+
+    @wraps(view)
+    def wrapper(request, *args, **kwargs):
+        standing = selectors.node_standing()
+        if standing.is_follower:
+            messages.info(request, f"This node is a follower of {standing.leader_address or 'the cluster leader'}; "
+                                   f"manage the cluster there.")
+            return redirect("cluster:overview")
+        return view(request, *args, **kwargs)
+
+    return wrapper
+
+
 @require_capability("cluster.view")
 @require_GET
 def overview(request):
+    standing = selectors.node_standing()
+    if standing.is_follower:
+        return render(request, "cluster/overview.html", {"standing": standing})
     return render(request, "cluster/overview.html", {
+        "standing": standing,
         "overview": selectors.cluster_overview(),
         "removal_form": RemovalForm(),
         "removing": selectors.open_removal_member_ids(),
@@ -34,12 +58,21 @@ def overview(request):
 
 @require_capability("cluster.view")
 @require_GET
+@leader_only
 def bundles(request):
-    return render(request, "cluster/bundles.html", {"bundles": selectors.bundle_list()[:100], "form": BundleForm()})
+    rows = list(selectors.bundle_list()[:100])
+    polling = selectors.bundles_being_made(rows)
+    context = {"bundles": rows, "form": BundleForm(), "polling": polling}
+    if htmx_partial(request):
+        response = render(request, "cluster/_bundle_list.html", context)
+        # Every bundle is made (or its job ended): the list stops asking.
+        return response if polling else stop_polling(response)
+    return render(request, "cluster/bundles.html", context)
 
 
 @require_capability("bundles.manage")
 @require_POST
+@leader_only
 def bundle_generate(request):
     form = BundleForm(request.POST)
     if not form.is_valid():
@@ -56,6 +89,7 @@ def bundle_generate(request):
 
 @require_capability("bundles.manage")
 @require_POST
+@leader_only
 def bundle_download(request, bundle_id):
     selectors.access_bundle_by_id(request.user, bundle_id)
     try:
@@ -70,6 +104,7 @@ def bundle_download(request, bundle_id):
 
 @require_capability("bundles.manage")
 @require_POST
+@leader_only
 def bundle_revoke(request, bundle_id):
     selectors.access_bundle_by_id(request.user, bundle_id)
     try:
@@ -82,9 +117,13 @@ def bundle_revoke(request, bundle_id):
 
 @require_capability("cluster.view")
 @require_GET
+@leader_only
 def requests(request):
+    views = selectors.request_views(request.user)
+    for view in views:
+        view.facts = selectors.join_request_facts(view.request) if view.kind == "join" else None
     return render(request, "cluster/requests.html", {
-        "views": selectors.request_views(request.user), "vote_form": VoteForm(),
+        "views": views, "vote_form": VoteForm(),
         "may_vote": selectors.may_vote(request.user),
     })
 
@@ -94,6 +133,7 @@ _VOTE_SERVICES = {"join": join_request_vote, "removal": removal_request_vote}
 
 @require_capability("cluster.view")
 @require_POST
+@leader_only
 def vote(request, kind: str, pk: int):
     if kind not in _VOTE_SERVICES or not selectors.may_vote(request.user):
         raise PermissionDenied("joins.vote")
@@ -110,6 +150,7 @@ def vote(request, kind: str, pk: int):
 
 @require_capability("cluster.policy")
 @require_http_methods(["GET", "POST"])
+@leader_only
 def policy(request):
     current = selectors.policy_current()
     form = PolicyForm(request.POST or None, initial={
@@ -128,6 +169,7 @@ def policy(request):
 
 @require_capability("cluster.remove")
 @require_POST
+@leader_only
 def member_remove(request, pk: int):
     form = RemovalForm(request.POST)
     if not form.is_valid():

@@ -9,6 +9,7 @@ from django.shortcuts import redirect, render
 from django.utils.cache import add_never_cache_headers
 from django.views.decorators.http import require_http_methods
 
+from pamportal.accounts.roles import CAPABILITIES, Role
 from pamportal.core import services
 
 
@@ -38,7 +39,9 @@ def permission_denied(request, exception=None):
         reason="capability",
         detail=f"role {_role_of(request)} lacks {capability}" if capability else f"role {_role_of(request)}",
     )
-    return render(request, "core/403.html", status=403)
+    roles = sorted(CAPABILITIES.get(capability, ()), key=list(Role).index)
+    return render(request, "core/403.html", {"capability": capability if roles else "",
+                                             "roles": [role.label for role in roles]}, status=403)
 
 
 def csrf_failure(request, reason=""):

@@ -115,6 +115,20 @@ def make_csr(*, names: list[str]) -> tuple[bytes, bytes]:
     return csr.public_bytes(serialization.Encoding.PEM), _key_pem(key)
 
 
+def csr_key_fingerprint(csr_pem: str) -> str:
+    """SHA-256 of the CSR's public key (its DER SubjectPublicKeyInfo), as colon-separated
+    hex: what the follower's page and the approvers' card both show, to compare out of
+    band. Empty when the CSR does not parse."""
+    try:
+        csr = x509.load_pem_x509_csr(csr_pem.encode("ascii"))
+        der = csr.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+    except (ValueError, UnicodeEncodeError, TypeError):
+        return ""
+    digest = hashes.Hash(hashes.SHA256())
+    digest.update(der)
+    return ":".join(f"{b:02X}" for b in digest.finalize())
+
+
 def csr_problem(csr_pem: str) -> str | None:
     """Why a follower's CSR (PEM text) cannot be signed, or None: it must parse, its
     signature verify, and its key be ECDSA P-256."""

@@ -15,6 +15,7 @@ from pamportal.cluster.follower_models import JoinState
 from pamportal.cluster.follower_selectors import join_current, join_job
 from pamportal.core.htmx import htmx_partial, stop_polling
 from pamportal.core.views import refused_redirect
+from pamportal.crypto.ca import csr_key_fingerprint
 from pamportal.jobs.selectors import job_progress
 from pamportal.nodes.selectors import node_is_finalised
 
@@ -25,7 +26,8 @@ BUNDLE_MAX_BYTES = 64 * 1024
 
 def _context(join):
     job = join_job(join)
-    context = {"join": join, "JoinState": JoinState}
+    context = {"join": join, "JoinState": JoinState, "restartable": join.state in follower.RESTARTABLE_STATES,
+               "key_fingerprint": csr_key_fingerprint(join.csr_pem) if join.csr_pem else ""}
     if job is not None:
         context.update(job=job, progress=job_progress(job))
     return context
@@ -97,6 +99,20 @@ def join_send(request):
     try:
         follower.join_request_send(user=request.user)
     except follower.JoinRefused as refused:
-        return refused_redirect(request, refused, "setup:join_status")
+        # Nothing was sent (or the leader refused it): another bundle is the way on.
+        messages.error(request, f"{refused.message} You can check again, or start again with another bundle.")
+        return redirect("setup:join_status")
     messages.success(request, "The leader accepted the join request; it now waits for approvals there.")
     return redirect("setup:join_status")
+
+
+@require_POST
+@require_capability("setup.finalise")
+def join_discard(request):
+    """Start again with another bundle: the unsent (or ended) join is discarded."""
+    try:
+        follower.join_discard(user=request.user)
+    except follower.JoinRefused as refused:
+        return refused_redirect(request, refused, "setup:join_status")
+    messages.success(request, "The join is discarded. Open another joining bundle.")
+    return redirect("setup:join")

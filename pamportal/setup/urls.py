@@ -26,4 +26,5 @@ urlpatterns = [
     path("join/status/", join_views.join_status, name="join_status"),
     path("join/check/", join_views.join_check, name="join_check"),
     path("join/send/", join_views.join_send, name="join_send"),
+    path("join/discard/", join_views.join_discard, name="join_discard"),
 ]

@@ -94,9 +94,11 @@ def test_wrong_totp_code_is_refused(leader, operator, approvers, client):
     wrong = f"{(int(good) + 1) % 1_000_000:06d}"
     refused_vote(request, approvers[0], "does not match", code=wrong, reason="wrong TOTP code")
     # The wrong code counted against the device's throttle although the vote was
-    # refused and rolled back: the next try is held off.
-    refused_vote(request, approvers[0], "Too many wrong codes", code=good, reason="too many wrong codes")
-    refused_vote(request, approvers[1], "does not match", code="", reason="wrong TOTP code")
+    # refused and rolled back: the next try is held off, but one wrong code is not
+    # "too many in a row".
+    state = refused_vote(request, approvers[0], "wait 1 second", code=good, reason="too soon after a wrong code")
+    assert state == RequestState.PENDING
+    refused_vote(request, approvers[1], "Enter the 6-digit code", code="", reason="no code given")
 
 
 def test_only_the_policy_role_votes(leader, operator, client, make_user):

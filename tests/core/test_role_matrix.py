@@ -122,6 +122,7 @@ MATRIX: dict[tuple[str, str], dict[str, int]] = {
     ("audit:export_detail", "GET"): only(AUDITORS, 200),
     ("audit:export_file", "GET"): only(AUDITORS, 200),
     ("audit:export_manifest", "GET"): only(AUDITORS, 200),
+    ("audit:export_verifier", "GET"): only(AUDITORS, 200),
     ("audit:checkpoint", "POST"): only({ADMIN}, 302),
     ("audit:siem", "GET"): only(AUDITORS, 200),
     ("audit:siem", "POST"): only({ADMIN}, 200),  # empty form: shown again with its errors
@@ -152,6 +153,7 @@ MATRIX: dict[tuple[str, str], dict[str, int]] = {
     ("setup:join_status", "POST"): only({ADMIN}, 405),
     ("setup:join_check", "POST"): only({ADMIN}, 302),
     ("setup:join_send", "POST"): only({ADMIN}, 302),
+    ("setup:join_discard", "POST"): only({ADMIN}, 302),
     ("licensing:detail", "GET"): signed_in(200),
     ("licensing:detail", "POST"): everyone(405),
     ("licensing:upload", "GET"): only({ADMIN}, 200),
