@@ -64,7 +64,7 @@ except FileExistsError:  # another process created it between our check and open
 DEBUG = os.environ.get("PAM_DEBUG", "") == "1" and not PRODUCTION
 
 PAM_VERSION = "1.0.0"
-PAM_HTTPS_PORT = _env_int("PAM_HTTPS_PORT", 8443)
+PAM_HTTPS_PORT = _env_int("PAM_HTTPS_PORT", 443 if PRODUCTION else 8443)
 # Cluster ports (DESIGN.md "Ports"); settings so that several nodes can share a machine.
 PAM_CLIENT_PORT = _env_int("PAM_CLIENT_PORT", 9002)
 PAM_ETCD_CLIENT_PORT = _env_int("PAM_ETCD_CLIENT_PORT", 2379)
@@ -186,11 +186,14 @@ AUTH_PASSWORD_VALIDATORS = [
 LOGIN_URL = "accounts:login"
 LOGIN_REDIRECT_URL = "nodes:dashboard"
 
-SESSION_ENGINE = "django.contrib.sessions.backends.db"
-# Idle timeout: the cookie's age restarts at every request, so it expires after this
-# many seconds without one.
+# Database sessions that restart their expiry at most once a minute (not on every
+# request: each write takes SQLite's write lock), see pamportal.core.sessions.
+SESSION_ENGINE = "pamportal.core.sessions"
+# Idle timeout: the session's expiry restarts with the requests, so it ends after this
+# many seconds without one (up to SESSION_REFRESH_SECONDS sooner, never later).
 SESSION_COOKIE_AGE = _env_int("PAM_IDLE_TIMEOUT", 15 * 60)
 SESSION_SAVE_EVERY_REQUEST = True
+SESSION_REFRESH_SECONDS = 60
 SESSION_EXPIRE_AT_BROWSER_CLOSE = True
 SESSION_COOKIE_SECURE = True
 SESSION_COOKIE_HTTPONLY = True
@@ -315,9 +318,11 @@ LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s %(message)s"}},
+    "filters": {"refusals_on_one_line": {"()": "pamportal.core.log_filters.RefusalsOnOneLine"}},
     "handlers": {
-        "console": {"class": "logging.StreamHandler", "formatter": "plain"},
+        "console": {"class": "logging.StreamHandler", "formatter": "plain", "filters": ["refusals_on_one_line"]},
         "file": {
+            "filters": ["refusals_on_one_line"],
             "class": "logging.handlers.RotatingFileHandler",
             "filename": str(PAM_LOG_DIR / "pamportal.log"),
             "maxBytes": 10 * 1024 * 1024,

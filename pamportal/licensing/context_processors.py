@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from pamportal.nodes.selectors import node_setup_due
+
 from .selectors import licence_status
 
 
@@ -24,8 +26,16 @@ def banner_for(status) -> LicenceBanner | None:
     return None
 
 
+# Setup steps before the licence step: no licence is expected yet, so no banner.
+BEFORE_LICENCE_STEP = frozenset({"node", "preflight"})
+
+
 def licence_banner(request):
     user = getattr(request, "user", None)
     if user is None or not user.is_authenticated:
         return {"licence_banner": None}
-    return {"licence_banner": banner_for(licence_status())}
+    banner = banner_for(licence_status())
+    if banner is not None and banner.level == "error":
+        if node_setup_due() in BEFORE_LICENCE_STEP:
+            return {"licence_banner": None}
+    return {"licence_banner": banner}

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from django.contrib import messages
 from django.core.paginator import Paginator
 from django.shortcuts import get_object_or_404, redirect, render
@@ -12,6 +14,7 @@ from pamportal.accounts.decorators import require_capability
 from pamportal.core.htmx import stop_polling
 
 from . import selectors, services
+from .checks import PORT_ROLES
 from .forms import WarningAcceptForm
 from .models import CheckOutcome, PreflightRun
 
@@ -23,15 +26,53 @@ def _safe_next(request, value: str | None) -> str | None:
     return None
 
 
+_PORT_CHECK = re.compile(r"port\.(\d+)\.free")
+
+# What an operator should know about a port besides its role.
+PORT_NOTES = {
+    "9002": "Reserved for the PAM client-side service: the PAM software listens on it once it is installed, "
+            "so nothing else may hold it now.",
+}
+
+
+def outcomes_labelled(run: PreflightRun, outcomes: list[CheckOutcome]) -> list[CheckOutcome]:
+    """Give each outcome a ``label`` and a ``note`` for display: a port check names the
+    port this run really checked (the catalogue's title names the standard one, 443,
+    where the console may listen on 8443)."""
+    ports = (run.context or {}).get("ports") or {}
+    for outcome in outcomes:
+        outcome.label, outcome.note = outcome.title, ""
+        match = _PORT_CHECK.fullmatch(outcome.check_id)
+        if match is None:
+            continue
+        standard = match.group(1)
+        real = str(ports.get(standard, standard))
+        outcome.label = f"Port {real} free ({PORT_ROLES.get(standard, 'cluster service')})"
+        notes = [PORT_NOTES.get(standard, "")]
+        if real != standard:
+            notes.append(f"This node uses port {real} where the standard is {standard}.")
+        outcome.note = " ".join(note for note in notes if note)
+    return outcomes
+
+
+def preflight_accepted_count(run: PreflightRun) -> int:
+    """How many failed warnings of ``run`` were accepted with a reason."""
+    return sum(1 for outcome in selectors.preflight_outcomes(run) if outcome.failing and outcome.accepted)
+
+
 def results_context(request, run: PreflightRun, *, return_to: str | None = None) -> dict:
     """What ``preflight/_results.html`` needs; other pages (the setup wizard) may use it."""
-    outcomes = selectors.preflight_outcomes(run)
+    outcomes = outcomes_labelled(run, selectors.preflight_outcomes(run))
+    summary = services.summary_of(outcomes)
+    accepted = sum(1 for o in outcomes if o.failing and o.accepted)
     return {
         "run": run,
         "job": run.job,
         "outcomes": outcomes,
         "blocking": [o for o in outcomes if o.blocking],
-        "summary": services.summary_of(outcomes),
+        "summary": summary,
+        "accepted_count": accepted,
+        "failed_open": summary.get("fail", 0) - sum(1 for o in outcomes if o.status == "fail" and o.accepted),
         "return_to": return_to or "",
     }
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from django import forms
 from django.contrib.auth import get_user_model, password_validation
 from django.contrib.auth.validators import UnicodeUsernameValidator
+from django.utils.html import format_html
 
 from pamportal.accounts.forms import code_field
 from pamportal.accounts.roles import Role
@@ -15,7 +16,10 @@ class TokenForm(forms.Form):
     token = forms.CharField(
         label="Setup token",
         max_length=200,
-        help_text="Printed at the node's console by `make run`; `manage.py setup_token` prints it again.",
+        help_text=format_html(
+            "Printed at the node's console by <code>{}</code>; <code>{}</code> prints it again.",
+            "make run", "manage.py setup_token",
+        ),
         error_messages={"required": "Enter the setup token printed at the console."},
         widget=forms.TextInput(attrs={"autocomplete": "off", "autofocus": True, "spellcheck": "false"}),
     )
@@ -88,7 +92,12 @@ class NodeForm(forms.Form):
     ntp_servers = forms.CharField(
         label="NTP servers",
         max_length=1200,
-        help_text="1 to 4 host names or IP addresses, one a line or separated by commas (host:port for a non-standard port). Cluster nodes must agree on the time within 2 seconds.",
+        help_text=(
+            "1 to 4 host names or IP addresses, one a line or separated by commas (host:port for a non-standard "
+            "port). Cluster nodes must agree on the time within 2 seconds. On an isolated network, use the site's "
+            "internal NTP servers or the hypervisor's (the host this virtual machine runs on); pool.ntp.org works "
+            "only where outbound UDP port 123 to the internet is open."
+        ),
         widget=forms.Textarea(attrs={"rows": 3, "spellcheck": "false"}),
     )
 

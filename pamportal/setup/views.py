@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from functools import wraps
 
+from django.conf import settings
 from django.contrib import messages
 from django.contrib.auth.hashers import make_password
 from django.http import HttpResponse
@@ -27,7 +28,7 @@ from pamportal.nodes import keys
 from pamportal.nodes.forms import MekForm
 from pamportal.nodes.progress import StepRefused
 from pamportal.nodes.selectors import NODE_STEPS, node_current, node_setup_due
-from pamportal.preflight.selectors import preflight_results_context
+from pamportal.preflight.views import preflight_accepted_count, results_context
 
 from . import administrator, wizard
 from . import token as tokens
@@ -178,9 +179,10 @@ def totp_step(request):
             account_services.session_start(request=request, user=user, device=device, via="setup")
             messages.success(
                 request,
-                f"Setup complete: administrator {username} created with TOTP, and you are logged in.",
+                f"Administrator {username} created with TOTP, and you are logged in. "
+                "Next: this node's address and time.",
             )
-            return redirect("nodes:dashboard")
+            return redirect("setup:node")
         error = check.message
         form = SetupCodeForm()
     device = administrator.setup_totp_device(username=username, key=key)
@@ -232,7 +234,8 @@ def node_step_view(step: str):
 @require_http_methods(["GET", "POST"])
 @node_step_view("node")
 def node_step(request, node):
-    initial = {"address": node.address or "", "ntp_servers": "\n".join(node.ntp_servers or [])}
+    # The address the node started with (PAM_NODE_ADDRESS) until the operator sets one.
+    initial = {"address": node.address or settings.PAM_NODE_ADDRESS, "ntp_servers": "\n".join(node.ntp_servers or [])}
     form = NodeForm(request.POST if request.method == "POST" else None, initial=initial)
     if request.method == "POST" and form.is_valid():
         try:
@@ -249,7 +252,7 @@ def _preflight_context(request, node) -> dict:
     run = setup_preflight_run(node)
     if run is None:
         return {"run": None}
-    context = preflight_results_context(run, return_to=reverse("setup:preflight"))
+    context = results_context(request, run, return_to=reverse("setup:preflight"))
     finished = preflight_finished(run)
     return {**context, "finished": finished, "held_back": finished and bool(context["blocking"])}
 
@@ -405,5 +408,8 @@ def finalise_step(request, node):
         )
         return redirect("nodes:dashboard")
     status = licence_status()
-    context = {"node": node, "licence": status.licence if status.ok else None, "licence_status": status}
+    run = setup_preflight_run(node)
+    accepted = preflight_accepted_count(run) if run is not None else 0
+    context = {"node": node, "licence": status.licence if status.ok else None, "licence_status": status,
+               "preflight_accepted": accepted}
     return _node_render(request, "setup/finalise.html", "finalise", context)

@@ -54,7 +54,10 @@ def test_first_boot_to_dashboard_with_facts(node_env, page: Page):
     page.locator("input[name=otp_token]").fill(code)
     page.get_by_role("button", name="Create the administrator").click()
 
-    # Logged in: the dashboard of this standalone node.
+    # Logged in, the wizard goes on to the node's address (the one it started with).
+    expect(page).to_have_url(re.compile(r"/setup/node/$"))
+    expect(page.locator("input[name=address]")).to_have_value("127.0.0.1")
+    page.goto(base + "/")
     identity = page.locator(".node-identity")
     expect(identity).to_contain_text("127.0.0.1")
     expect(identity).to_contain_text("standalone")

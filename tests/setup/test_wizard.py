@@ -79,7 +79,7 @@ def test_full_wizard_creates_administrator_with_totp_and_logs_in(client, data_di
 
     with django_capture_on_commit_callbacks(execute=True):
         response = client.post(reverse("setup:totp"), {"otp_token": totp_fresh(device)})
-    assert response.status_code == 302 and response["Location"] == reverse("nodes:dashboard")
+    assert response.status_code == 302 and response["Location"] == reverse("setup:node")
 
     admin = get_user_model().objects.get(username="first-admin")
     assert admin.role == Role.ADMINISTRATOR and admin.is_active and admin.check_password(ADMIN_PASSWORD)
@@ -207,7 +207,7 @@ def test_bad_totp_code_at_setup_is_refused_and_audited(client):
     _no_admin()
     # The right code still works afterwards.
     response = client.post(reverse("setup:totp"), {"otp_token": totp_now(device)})
-    assert response["Location"] == reverse("nodes:dashboard")
+    assert response["Location"] == reverse("setup:node")
 
 
 def test_administrator_step_validates_passwords(client):
