@@ -26,6 +26,21 @@ def totp_code(secret_base32: str, offset_steps: int = 0) -> str:
     return f"{totp.token():06d}"
 
 
+def first_administrator(page: Page, token: str) -> str:
+    """From the token page: the token, the first administrator (``first-admin``,
+    PASSWORD) and TOTP enrolment. Returns the TOTP secret as shown (base32)."""
+    page.locator("input[name=token]").fill(token)
+    page.get_by_role("button", name="Continue").click()
+    page.locator("input[name=username]").fill("first-admin")
+    page.locator("input[name=password1]").fill(PASSWORD)
+    page.locator("input[name=password2]").fill(PASSWORD)
+    page.get_by_role("button", name=re.compile("Continue|Next")).click()
+    secret = page.locator(".secret").inner_text()
+    page.locator("input[name=otp_token]").fill(totp_code(secret))
+    page.get_by_role("button", name="Create the administrator").click()
+    return secret
+
+
 def test_first_boot_to_dashboard_with_facts(node_env, page: Page):
     page.set_default_timeout(20_000)
     base = start_node(node_env)

@@ -11,7 +11,7 @@ import re
 import pytest
 from playwright.sync_api import Page, expect
 
-from tests.e2e.test_first_boot import PASSWORD, totp_code
+from tests.e2e.test_first_boot import first_administrator
 from tests.preflight.support import SntpResponder
 from tests.support.node import free_port, start_node
 
@@ -55,15 +55,7 @@ def test_operator_path_has_no_dead_ends(node_env, page: Page, tmp_path):
     expect(page.locator("body")).not_to_contain_text("`")
     icon = page.locator('link[rel="icon"]').get_attribute("href")
     assert page.request.get(base + icon).ok
-    page.locator("input[name=token]").fill(token)
-    page.get_by_role("button", name="Continue").click()
-    page.locator("input[name=username]").fill("first-admin")
-    page.locator("input[name=password1]").fill(PASSWORD)
-    page.locator("input[name=password2]").fill(PASSWORD)
-    page.get_by_role("button", name=re.compile("Continue|Next")).click()
-    secret = page.locator(".secret").inner_text()
-    page.locator("input[name=otp_token]").fill(totp_code(secret))
-    page.get_by_role("button", name="Create the administrator").click()
+    first_administrator(page, token)
 
     # On to the node step: no "Setup complete", no licence banner, the address prefilled.
     expect(page).to_have_url(re.compile(r"/setup/node/$"))

@@ -15,7 +15,7 @@ import pytest
 from playwright.sync_api import Page, expect
 
 from pamportal.crypto import ca, mek
-from tests.e2e.test_first_boot import PASSWORD, totp_code
+from tests.e2e.test_first_boot import first_administrator
 from tests.preflight.support import SntpResponder
 from tests.support.node import free_port, start_node, wait_for
 
@@ -55,15 +55,7 @@ def test_first_boot_to_a_finalised_standalone_node(node_env, page: Page, tmp_pat
 
     # First boot: token, administrator, TOTP.
     page.goto(base + "/")
-    page.locator("input[name=token]").fill(token)
-    page.get_by_role("button", name="Continue").click()
-    page.locator("input[name=username]").fill("first-admin")
-    page.locator("input[name=password1]").fill(PASSWORD)
-    page.locator("input[name=password2]").fill(PASSWORD)
-    page.get_by_role("button", name=re.compile("Continue|Next")).click()
-    secret = page.locator(".secret").inner_text()
-    page.locator("input[name=otp_token]").fill(totp_code(secret))
-    page.get_by_role("button", name="Create the administrator").click()
+    first_administrator(page, token)
 
     # The wizard goes on to the node's address.
     expect(page).to_have_url(re.compile(r"/setup/node/$"))

@@ -8,9 +8,11 @@ from datetime import timedelta
 
 from django.utils import timezone
 
-from pamportal.jobs.engine import job_execute
+from pamportal.jobs.choices import Status
+from pamportal.jobs.engine import job_execute, step_claim
 from pamportal.jobs.reaper import leases_reap
 from pamportal.jobs.registry import JobKind, StepSpec, register
+from pamportal.jobs.services import job_create
 
 CALLS: Counter = Counter()
 NESTED: list[str] = []
@@ -97,3 +99,13 @@ def reset() -> None:
     NESTED.clear()
     RECORDED.clear()
     BARRIER.reset()
+
+
+def failed_job():
+    """A job of kind PLAIN whose step a dead worker left running, failed by the reaper."""
+    job = job_create(kind=PLAIN.name, enqueue=False)
+    step_claim(job.pk, "dead-worker")
+    leases_reap(now=timezone.now() + timedelta(hours=1))
+    job.refresh_from_db()
+    assert job.status == Status.FAILED
+    return job

@@ -3,32 +3,20 @@ allow it) is an audit event naming the job, the outcome and the reason."""
 
 from __future__ import annotations
 
-from datetime import timedelta
-
 import pytest
 from django.urls import reverse
-from django.utils import timezone
 
 from pamportal.accounts.roles import Role
 from pamportal.audit.actions import AuditAction, Outcome
 from pamportal.jobs.choices import Status
 from pamportal.jobs.engine import IllegalTransition, job_execute, step_claim
 from pamportal.jobs.models import Job
-from pamportal.jobs.reaper import leases_reap
 from pamportal.jobs.services import job_cancel, job_create, job_rerun
 from tests.jobs import kinds
+from tests.jobs.kinds import failed_job
 from tests.support.audit import events
 
 pytestmark = pytest.mark.django_db
-
-
-def failed_job():
-    job = job_create(kind=kinds.PLAIN.name, enqueue=False)
-    step_claim(job.pk, "dead-worker")
-    leases_reap(now=timezone.now() + timedelta(hours=1))
-    job.refresh_from_db()
-    assert job.status == Status.FAILED
-    return job
 
 
 @pytest.mark.parametrize("role", [Role.VIEWER, Role.APPROVER, Role.AUDITOR])

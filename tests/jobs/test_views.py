@@ -2,30 +2,18 @@
 
 from __future__ import annotations
 
-from datetime import timedelta
-
 import pytest
 from django.urls import reverse
-from django.utils import timezone
 
 from pamportal.accounts.roles import Role
 from pamportal.jobs.choices import Status
 from pamportal.jobs.engine import job_execute, step_claim
 from pamportal.jobs.models import Job
-from pamportal.jobs.reaper import leases_reap
 from pamportal.jobs.services import job_create
 from tests.jobs import kinds
+from tests.jobs.kinds import failed_job
 
 pytestmark = pytest.mark.django_db
-
-
-def failed_job():
-    job = job_create(kind=kinds.PLAIN.name, enqueue=False)
-    step_claim(job.pk, "dead-worker")
-    leases_reap(now=timezone.now() + timedelta(hours=1))
-    job.refresh_from_db()
-    assert job.status == Status.FAILED
-    return job
 
 
 def test_progress_answers_200_and_keeps_polling_while_the_job_runs(as_role):
