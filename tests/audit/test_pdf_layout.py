@@ -78,7 +78,7 @@ def test_events_table_fits_the_page_with_every_column_whole(admin_user):
 def table_rows(text: str, headers: list[str] = HEADERS) -> dict[int, tuple[int, dict[str, str]]]:
     """The events table read off pdftotext -layout: position -> (page, cells), each
     cell the lines of its column joined; a piece of text is in the column whose header
-    starts at (or just after) it."""
+    starts nearest to it."""
     rows: dict[int, tuple[int, dict[str, str]]] = {}
     for number, page in enumerate(text.split("\f"), 1):
         lines = page.splitlines()
@@ -93,7 +93,9 @@ def table_rows(text: str, headers: list[str] = HEADERS) -> dict[int, tuple[int, 
                 break
             cells = [""] * len(headers)
             for piece in re.finditer(r"\S+(?: \S+)*", line):  # columns are 2+ spaces apart
-                column = max(i for i, start in enumerate(starts) if start <= piece.start() + 2)
+                # pdftotext places a column's text within a few characters of its
+                # header, to either side (it depends on the widths of the glyphs).
+                column = min(range(len(starts)), key=lambda i: abs(starts[i] - piece.start()))
                 cells[column] = (cells[column] + " " + piece.group()).strip()
             if re.fullmatch(r"\d+", cells[0]):
                 current = {h: c for h, c in zip(headers, cells)}
