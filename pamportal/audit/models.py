@@ -26,6 +26,18 @@ class AuditEvent(models.Model):
     def __str__(self) -> str:
         return f"#{self.position} {self.action} {self.outcome}"
 
+    # The labels from a dict built once: Django's own get_FOO_display builds a dict of
+    # the choices on every call, and the audit page calls both twice per row.
+    def get_action_display(self) -> str:
+        return _ACTION_LABELS.get(self.action, self.action)
+
+    def get_outcome_display(self) -> str:
+        return _OUTCOME_LABELS.get(self.outcome, self.outcome)
+
+
+_ACTION_LABELS = dict(AuditAction.choices)
+_OUTCOME_LABELS = dict(Outcome.choices)
+
 
 class AuditHead(models.Model):
     """One row: the chain's last position and hash, locked while an event is appended."""

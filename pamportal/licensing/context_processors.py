@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from pamportal.nodes.selectors import node_setup_due
 
-from .selectors import licence_status
+from .selectors import licence_status_for
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,7 @@ def licence_banner(request):
     user = getattr(request, "user", None)
     if user is None or not user.is_authenticated:
         return {"licence_banner": None}
-    banner = banner_for(licence_status())
+    banner = banner_for(licence_status_for(request))
     if banner is not None and banner.level == "error":
         if node_setup_due() in BEFORE_LICENCE_STEP:
             return {"licence_banner": None}

@@ -6,7 +6,9 @@ columns, so an edited database row cannot raise the node cap or extend the licen
 
 from __future__ import annotations
 
+import hashlib
 import math
+import threading
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
@@ -46,6 +48,34 @@ def _days_left(remaining: timedelta) -> int:
     return max(0, math.ceil(remaining / timedelta(days=1)))
 
 
+# The last signature check, per process: (row id, SHA-256 of the file bytes, whether
+# test keys were allowed) -> the verified payload or the refusal. The key is taken from
+# the bytes just read, so a replaced licence or an edited row is verified afresh; only
+# the Ed25519 check and the parsing are saved, never the row or the validity window.
+_verified_cache: dict[tuple, VerifiedLicence | tuple[str, str, str]] = {}
+_verified_lock = threading.Lock()
+
+
+def _verify_cached(licence: Licence) -> VerifiedLicence:
+    raw = bytes(licence.raw)
+    test_keys = allow_test_keys()
+    key = (licence.pk, hashlib.sha256(raw).digest(), test_keys)
+    with _verified_lock:
+        result = _verified_cache.get(key)
+    if result is None:
+        try:
+            result = verify_licence(raw, allow_test_keys=test_keys)
+        except LicenceError as error:
+            result = (error.code, error.message, error.field)
+        with _verified_lock:
+            _verified_cache.clear()  # one licence is current at a time: keep only it
+            _verified_cache[key] = result
+    if isinstance(result, tuple):  # a refusal: raised afresh each time
+        code, message, field_name = result
+        raise LicenceError(code, message, field=field_name)
+    return result
+
+
 def licence_status(now: datetime | None = None) -> LicenceStatus:
     """Whether the node is licensed at ``now``, and for what. The preflight check
     ``licence.valid`` and the expiry banner read this."""
@@ -54,7 +84,7 @@ def licence_status(now: datetime | None = None) -> LicenceStatus:
     if licence is None:
         return LicenceStatus(ok=False, message="No licence is installed. Upload the licence file from the vendor.")
     try:
-        verified: VerifiedLicence = verify_licence(bytes(licence.raw), allow_test_keys=allow_test_keys())
+        verified: VerifiedLicence = _verify_cached(licence)
         verified.check_validity(now)
     except LicenceError as error:
         return LicenceStatus(ok=False, message=error.message, licence=licence)
@@ -76,3 +106,13 @@ def licence_status(now: datetime | None = None) -> LicenceStatus:
         features=verified.features,
         licence=licence,
     )
+
+
+def licence_status_for(request) -> LicenceStatus:
+    """``licence_status`` once per request: the page and the banner of one request share
+    it (kept on that request only, never across requests)."""
+    status = getattr(request, "_pam_licence_status", None)
+    if status is None:
+        status = licence_status()
+        request._pam_licence_status = status
+    return status

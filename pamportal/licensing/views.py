@@ -18,12 +18,14 @@ from .forms import LicenceUploadForm
 @require_GET
 @require_capability("licence.view")
 def licence_detail(request):
+    status = selectors.licence_status_for(request)
     return render(
         request,
         "licensing/detail.html",
         {
-            "status": selectors.licence_status(),
-            "current": selectors.licence_current(),
+            "status": status,
+            # The row licence_status just read (None: no licence installed).
+            "current": status.licence,
             "history": selectors.licence_history(),
         },
     )

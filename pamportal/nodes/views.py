@@ -11,7 +11,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 
 from pamportal.accounts.decorators import require_capability
 from pamportal.jobs.selectors import job_progress
-from pamportal.licensing.selectors import licence_status as licence_status_now
+from pamportal.licensing.selectors import licence_status_for
 
 from . import keys, selectors, services
 from .forms import MekForm
@@ -24,7 +24,7 @@ def dashboard(request):
     running = selectors.node_facts_running()
     this_node = selectors.node_current()
     finalised = this_node.finalised_at is not None
-    licence_status = licence_status_now() if finalised else None
+    licence_status = licence_status_for(request) if finalised else None
     context = {
         "node": {
             "address": selectors.node_address(this_node),

@@ -25,12 +25,12 @@ AUDIT_EVENTS = 2_000
 # The most queries each page may make for a signed-in administrator (session, user,
 # TOTP device, the navigation badge and the licence banner included).
 PAGES = {
-    "nodes:dashboard": 14,
+    "nodes:dashboard": 12,
     "cluster:overview": 11,
     "audit:list": 13,
     "jobs:list": 8,
     "preflight:list": 8,
-    "licensing:detail": 9,
+    "licensing:detail": 7,
 }
 
 
