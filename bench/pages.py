@@ -83,26 +83,12 @@ end
 def prepare_node(root: Path, events: int):
     from tests.preflight.support import SntpResponder
     from tests.support.cluster import USERS, finalise_leader, run
-    from tests.support.node import NodeEnv, free_port, https_get, wait_for
+    from tests.support.node import NodeEnv, https_get, passing_preflight_env, start_node, wait_for
 
-    env = NodeEnv(
-        root / "node",
-        PAM_PREFLIGHT_MIN_CPUS="1",
-        PAM_PREFLIGHT_MIN_MEMORY_GIB="0.1",
-        PAM_PREFLIGHT_MIN_DISK_FREE_GIB="0.1",
-        PAM_PREFLIGHT_PROBE_TIMEOUT="2",
-        PAM_CLIENT_PORT=str(free_port()),
-        PAM_ETCD_PEER_PORT=str(free_port()),
-        PAM_SETUP_API_PORT=str(free_port()),
-        PAM_DELEGATION_API_PORT=str(free_port()),
-    )
-    host, port = "127.0.0.1", free_port()
-    env.env.update(PAM_BIND_ADDRESS=host, PAM_HTTPS_PORT=str(port), PAM_NODE_ADDRESS=host)
-    env.manage("migrate", "--noinput")
-    env.manage("tls_ensure")
+    env = NodeEnv(root / "node", **passing_preflight_env())
+    host = "127.0.0.1"
     # As `make run` does: serve's own defaults for gunicorn and Celery.
-    env.spawn([sys.executable, str(REPO / "manage.py"), "serve"], "serve")
-    base = f"https://{host}:{port}"
+    base = start_node(env, host=host, small=False)
 
     def answers():
         try:
@@ -110,7 +96,6 @@ def prepare_node(root: Path, events: int):
         except OSError:
             return False
 
-    wait_for(answers, timeout=60, what=f"the console at {base}")
     run(env, USERS + "user('admin', Role.ADMINISTRATOR)\nresult = True")
     with SntpResponder() as sntp:
         finalise_leader(env, host, sntp.address)

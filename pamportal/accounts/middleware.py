@@ -2,6 +2,8 @@
 before anything else, a session of a user with TOTP must have passed it, and a reset
 password must be changed first."""
 
+from functools import cache
+
 from django.contrib import auth, messages
 from django.shortcuts import redirect
 from django.urls import reverse
@@ -16,6 +18,13 @@ _ALWAYS_OPEN = ("/static/", "/healthz")
 _OPEN_SETUP_STEPS = ("setup:start", "setup:token", "setup:administrator", "setup:totp")
 
 
+@cache
+def _open_paths() -> frozenset[str]:
+    """The paths of the open setup steps and of logging out (reversed once, not on
+    every request)."""
+    return frozenset(reverse(name) for name in (*_OPEN_SETUP_STEPS, "accounts:logout"))
+
+
 class AccountPolicyMiddleware:
     def __init__(self, get_response):
         self.get_response = get_response
@@ -24,9 +33,7 @@ class AccountPolicyMiddleware:
         user = request.user
         if not user.is_authenticated or request.path.startswith(_ALWAYS_OPEN):
             return self.get_response(request)
-        if request.path in {reverse(name) for name in _OPEN_SETUP_STEPS}:
-            return self.get_response(request)
-        if request.path == reverse("accounts:logout"):
+        if request.path in _open_paths():
             return self.get_response(request)
         # A verified session has a device; only an unverified one needs the query.
         verified = user.is_verified()

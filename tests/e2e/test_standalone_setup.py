@@ -17,7 +17,7 @@ from playwright.sync_api import Page, expect
 from pamportal.crypto import ca, mek
 from tests.e2e.test_first_boot import first_administrator
 from tests.preflight.support import SntpResponder
-from tests.support.node import free_port, start_node, wait_for
+from tests.support.node import passing_preflight_env, start_node, wait_for
 
 pytestmark = [pytest.mark.browser, pytest.mark.processes]
 
@@ -35,16 +35,7 @@ def test_first_boot_to_a_finalised_standalone_node(node_env, page: Page, tmp_pat
     page.set_default_timeout(20_000)
     # The node's preflight must pass on this machine: modest hardware thresholds, the
     # other ports on free high numbers (the console's own port is judged as its own).
-    node_env.env.update(
-        PAM_PREFLIGHT_MIN_CPUS="1",
-        PAM_PREFLIGHT_MIN_MEMORY_GIB="0.1",
-        PAM_PREFLIGHT_MIN_DISK_FREE_GIB="0.1",
-        PAM_PREFLIGHT_PROBE_TIMEOUT="2",
-        PAM_CLIENT_PORT=str(free_port()),
-        PAM_ETCD_PEER_PORT=str(free_port()),
-        PAM_SETUP_API_PORT=str(free_port()),
-        PAM_DELEGATION_API_PORT=str(free_port()),
-    )
+    node_env.env.update(passing_preflight_env())
     base = start_node(node_env)
     host, port = base.removeprefix("https://").rsplit(":", 1)
     first_certificate = served_certificate(host, int(port))

@@ -148,14 +148,33 @@ def https_get(url: str, timeout: float = 5.0) -> tuple[int, str]:
         return error.code, error.read().decode("utf-8", "replace")
 
 
-def start_node(env: NodeEnv, *, host: str = "127.0.0.1", port: int | None = None) -> str:
+def passing_preflight_env() -> dict[str, str]:
+    """Settings under which a single node's preflight passes on a test machine: modest
+    hardware thresholds, and the other node ports on free high numbers (the console's
+    own port is judged as its own). The checks themselves are tested elsewhere."""
+    return {
+        "PAM_PREFLIGHT_MIN_CPUS": "1",
+        "PAM_PREFLIGHT_MIN_MEMORY_GIB": "0.1",
+        "PAM_PREFLIGHT_MIN_DISK_FREE_GIB": "0.1",
+        "PAM_PREFLIGHT_PROBE_TIMEOUT": "2",
+        "PAM_CLIENT_PORT": str(free_port()),
+        "PAM_ETCD_PEER_PORT": str(free_port()),
+        "PAM_SETUP_API_PORT": str(free_port()),
+        "PAM_DELEGATION_API_PORT": str(free_port()),
+    }
+
+
+def start_node(env: NodeEnv, *, host: str = "127.0.0.1", port: int | None = None, small: bool = True) -> str:
     """Migrate, create the TLS certificate and start `manage.py serve` (console and
-    worker), as `make run` does. Returns the console's base URL once it answers."""
+    worker), as `make run` does: with one web worker and one Celery process when
+    ``small``, else with serve's own defaults. Returns the console's base URL once it
+    answers."""
     port = port or free_port(host)
     env.env.update(PAM_BIND_ADDRESS=host, PAM_HTTPS_PORT=str(port), PAM_NODE_ADDRESS=host)
     env.manage("migrate", "--noinput")
     env.manage("tls_ensure")
-    env.spawn([sys.executable, str(REPO / "manage.py"), "serve", "--workers", "1", "--concurrency", "1"], "serve")
+    sizes = ["--workers", "1", "--concurrency", "1"] if small else []
+    env.spawn([sys.executable, str(REPO / "manage.py"), "serve", *sizes], "serve")
     base = f"https://{host}:{port}"
 
     def answers():
