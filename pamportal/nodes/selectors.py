@@ -26,8 +26,10 @@ class NodeFacts:
 def node_facts_latest() -> NodeFacts | None:
     """The merged step results of the newest succeeded "node.facts" job, or None."""
     job = Job.objects.filter(kind=FACTS_KIND, status=Status.SUCCEEDED).order_by("-finished_at", "-id").first()
-    if job is None:
-        return None
+    return _facts_of(job) if job is not None else None
+
+
+def _facts_of(job: Job) -> NodeFacts:
     facts: dict[str, Any] = {}
     for result in job.steps.order_by("index").values_list("result", flat=True):
         facts.update(result or {})
@@ -45,6 +47,33 @@ def node_facts_last_failure(after: NodeFacts | None) -> Job | None:
     if after is not None:
         jobs = jobs.filter(created_at__gt=after.job.created_at)
     return jobs.order_by("-created_at", "-id").first()
+
+
+@dataclass(frozen=True)
+class FactsOverview:
+    latest: NodeFacts | None
+    running: Job | None
+    failure: Job | None
+
+
+_FACTS_WINDOW = 20
+
+
+def node_facts_overview() -> FactsOverview:
+    """``node_facts_latest``, ``node_facts_running`` and ``node_facts_last_failure`` as
+    the dashboard shows them, from one query over the newest facts jobs (and the steps
+    of the one shown); the three queries only when that window holds no success."""
+    recent = list(Job.objects.filter(kind=FACTS_KIND).order_by("-created_at", "-id")[:_FACTS_WINDOW])
+    succeeded = [job for job in recent if job.status == Status.SUCCEEDED]
+    if not succeeded and len(recent) == _FACTS_WINDOW:
+        latest = node_facts_latest()
+        return FactsOverview(latest, node_facts_running(), node_facts_last_failure(latest))
+    newest = max(succeeded, key=lambda job: (job.finished_at is not None, job.finished_at, job.id), default=None)
+    latest = _facts_of(newest) if newest is not None else None
+    running = next((job for job in recent if job.status in ACTIVE), None)
+    failure = next((job for job in recent if job.status in (Status.FAILED, Status.CANCELLED)
+                    and (newest is None or job.created_at > newest.created_at)), None)
+    return FactsOverview(latest, running, failure)
 
 
 # --- this node's identity, setup progress and certificates ------------------------------

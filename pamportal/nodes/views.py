@@ -20,8 +20,8 @@ from .forms import MekForm
 @require_capability("node.view")
 @require_GET
 def dashboard(request):
-    latest = selectors.node_facts_latest()
-    running = selectors.node_facts_running()
+    facts = selectors.node_facts_overview()
+    latest, running = facts.latest, facts.running
     this_node = selectors.node_current()
     finalised = this_node.finalised_at is not None
     licence_status = licence_status_for(request) if finalised else None
@@ -41,7 +41,7 @@ def dashboard(request):
         "licence": licence_status.licence if licence_status is not None else None,
         "latest": latest,
         "facts": latest.facts if latest else None,
-        "failure": selectors.node_facts_last_failure(latest),
+        "failure": facts.failure,
         "job": running,
         "progress": job_progress(running) if running else None,
         "refresh_on_finish": True,

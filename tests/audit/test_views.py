@@ -121,3 +121,21 @@ def test_detail_shows_the_event_and_checks_its_hash(admin_client):
 
 def test_detail_of_a_missing_event_is_404(admin_client):
     assert admin_client.get(reverse("audit:detail", args=[999])).status_code == 404
+
+
+def test_rows_escape_every_value_and_link_each_event(admin_client):
+    hostile = '<script>alert("x")</script>&"\''
+    with acting(actor_id=None, actor_name=hostile, source_ip="192.0.2.9"):
+        audit_record(action=AuditAction.LOGIN_FAILED, outcome=Outcome.DENIED, target=hostile)
+    html = admin_client.get(reverse("audit:list"), {"outcome": Outcome.DENIED}).content.decode()
+    assert "<script>alert" not in html
+    escaped = "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt;&amp;&quot;&#x27;"
+    assert html.count(escaped) == 2  # actor and target
+    from pamportal.audit.models import AuditEvent
+
+    event = AuditEvent.objects.get(actor_name=hostile)
+    when = timezone.localtime(event.time).strftime("%Y-%m-%d %H:%M:%S")
+    row = (f'<tr><td><a href="{reverse("audit:detail", args=[event.position])}">{event.position}</a></td>'
+           f"<td>{when}</td><td>{escaped}</td><td>192.0.2.9</td><td>{event.get_action_display()}</td>"
+           f'<td>{escaped}</td><td><span class="outcome-denied">{event.get_outcome_display()}</span></td></tr>')
+    assert row in html

@@ -122,3 +122,34 @@ def test_collect_facts_command_runs_the_job_in_process(capsys):
     assert job.status == Status.SUCCEEDED
     assert "job succeeded (5 of 5 steps succeeded)" in out and f"node facts collected (job #{job.pk})" in out
     assert node_facts_latest().job == job
+
+
+@pytest.mark.parametrize("history", [
+    [],
+    ["succeeded"],
+    ["succeeded", "failed", "running"],
+    ["failed", "succeeded", "cancelled", "pending"],
+    ["succeeded", "succeeded", "failed"],
+    ["failed"] * 25,  # more failures than the window: the three queries answer
+    ["succeeded"] + ["failed"] * 25,
+])
+def test_the_dashboard_overview_agrees_with_the_three_selectors(history):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from pamportal.nodes.selectors import node_facts_last_failure, node_facts_overview
+
+    start = timezone.now() - timedelta(hours=1)
+    for i, status in enumerate(history):
+        created = start + timedelta(minutes=i)
+        finished = created + timedelta(seconds=30) if status in ("succeeded", "failed", "cancelled") else None
+        job = job_create(kind=KIND, enqueue=False)
+        Job.objects.filter(pk=job.pk).update(status=status, created_at=created, finished_at=finished)
+    overview = node_facts_overview()
+    latest = node_facts_latest()
+    assert (overview.latest.job if overview.latest else None) == (latest.job if latest else None)
+    assert overview.running == node_facts_running()
+    assert overview.failure == node_facts_last_failure(latest)
+    if "succeeded" in history:
+        assert overview.latest is not None
