@@ -71,6 +71,10 @@ PAM_ETCD_CLIENT_PORT = _env_int("PAM_ETCD_CLIENT_PORT", 2379)
 PAM_ETCD_PEER_PORT = _env_int("PAM_ETCD_PEER_PORT", 2380)
 PAM_SETUP_API_PORT = _env_int("PAM_SETUP_API_PORT", 2390)
 PAM_DELEGATION_API_PORT = _env_int("PAM_DELEGATION_API_PORT", 2391)
+PAM_POSTGRES_PORT = _env_int("PAM_POSTGRES_PORT", 5432)
+PAM_PATRONI_PORT = _env_int("PAM_PATRONI_PORT", 8008)
+# PostgreSQL members live outside the data dir (0700 root): postgres must traverse it.
+PAM_POSTGRES_BASE = Path(os.environ.get("PAM_POSTGRES_BASE", "/var/lib/pamportal/pg"))
 PAM_BIND_ADDRESS = os.environ.get("PAM_BIND_ADDRESS", "0.0.0.0" if PRODUCTION else "127.0.0.1")
 PAM_NODE_ADDRESS = os.environ.get("PAM_NODE_ADDRESS") or socket.getfqdn() or "localhost"
 PAM_TLS_CERT = PAM_DATA_DIR / "tls" / "node.crt"

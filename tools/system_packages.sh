@@ -12,13 +12,25 @@
 #   libreoffice-calc-nogui          opening the CSV audit exports as a spreadsheet would
 #   rsyslog rsyslog-gnutls          a real syslog collector (TLS) for SIEM forwarding
 #   systemd                         systemd-analyze verify on the units of `manage.py install_units`
+#   postgresql-15                   PostgreSQL under Patroni, one member per node (/usr/lib/postgresql/15/bin)
+#   python3-venv                    Patroni's own venv from the system Python (tools/patroni_env.sh)
+#
+# As root it then builds Patroni's venv (tools/patroni_env.sh, a no-op when up to date).
 set -euo pipefail
 
 PACKAGES=(
     chromium etcd-server etcd-client poppler-utils
     libpango-1.0-0 libpangoft2-1.0-0 fonts-dejavu-core
     libreoffice-calc-nogui rsyslog rsyslog-gnutls systemd
+    postgresql-15 python3-venv
 )
+
+# Patroni runs as postgres from /opt/pamportal/patroni, which only root can create.
+patroni_env() {
+    if [ "$(id -u)" -eq 0 ]; then
+        bash "$(dirname "$0")/patroni_env.sh"
+    fi
+}
 
 if [ "${PAM_SKIP_SYSTEM_PACKAGES:-}" = "1" ]; then
     exit 0
@@ -33,7 +45,10 @@ missing=()
 for pkg in "${PACKAGES[@]}"; do
     dpkg -s "$pkg" 2>/dev/null | grep -q '^Status: install ok installed$' || missing+=("$pkg")
 done
-[ ${#missing[@]} -eq 0 ] && exit 0
+if [ ${#missing[@]} -eq 0 ]; then
+    patroni_env
+    exit 0
+fi
 
 # Several makes at once wait for each other on dpkg's lock rather than fail.
 APT=(apt-get -qq -o DPkg::Lock::Timeout=600)
@@ -52,3 +67,4 @@ fi
 echo "system_packages: installing ${missing[*]} from Debian"
 "${sudo[@]}" "${APT[@]}" update
 DEBIAN_FRONTEND=noninteractive "${sudo[@]}" "${APT[@]}" "${install[@]}" >/dev/null
+patroni_env
