@@ -101,6 +101,18 @@ class AuditAction(models.TextChoices):
     JOIN_COMPLETED = "join.completed", "Joined the cluster"
     JOIN_FAILED = "join.failed", "Join failed"
     JOIN_DISCARDED = "join.discarded", "Unsent join discarded to start again"
+    # Removed from a cluster (the removed node's side; the leader's is CLUSTER_*)
+    NODE_REMOVED = "node.removed", "This node learned it was removed from its cluster"
+    NODE_REMOVAL_NOTICE = "node.removal_notice", "The leader's removal notice received"
+    NODE_REMOVAL_NOTICE_REFUSED = "node.removal_notice_refused", "Removal notice refused"
+    NODE_CLUSTER_STATE_WIPED = "node.cluster_state_wiped", "Cluster state wiped after a removal"
+    NODE_CLUSTER_WIPE_REFUSED = "node.cluster_wipe_refused", "Wipe of the cluster state refused"
+    CLUSTER_REMOVAL_NOTICE_SENT = "cluster.removal_notice_sent", "Removed node told of its removal"
+    CLUSTER_REMOVAL_NOTICE_FAILED = "cluster.removal_notice_failed", "Removed node could not be told (retried)"
+    # The node's database moved from SQLite onto its Patroni PostgreSQL member
+    DATABASE_MOVE_STARTED = "database.move_started", "Move of the database to PostgreSQL started"
+    DATABASE_MOVED = "database.moved", "Database moved to PostgreSQL"
+    DATABASE_MOVE_FAILED = "database.move_failed", "Move of the database to PostgreSQL failed or refused"
 
 
 # What the PDF report lists under "Approvals and votes": requests that need approval,

@@ -1,5 +1,5 @@
-"""The cluster setup API (port 2390, on the leader) and the delegation API's heartbeat
-(port 2391, every node, mutual TLS). JSON in and out, no sessions, no CSRF: a join is
+"""The cluster setup API (port 2390, on the leader) and the delegation API (port 2391,
+every node, mutual TLS): the heartbeat, and the leader's notice that a node was removed. JSON in and out, no sessions, no CSRF: a join is
 authenticated by the bundle's join token and the MEK proof, a poll by its poll secret,
 the delegation API by the cluster-CA client certificate gunicorn requires.
 
@@ -18,7 +18,7 @@ from django.views.decorators.http import require_GET, require_POST
 
 from pamportal.nodes.selectors import node_address, node_current
 
-from . import conf, local_etcd, protocol
+from . import conf, local_etcd, protocol, removed
 from .models import Decision, RequestState
 from .refusals import ClusterRefused
 from .requests import join_refusal_record, join_request_create, join_request_for_poll
@@ -138,3 +138,42 @@ def heartbeat(request):
         "version": settings.PAM_VERSION, "finalised": node.finalised_at is not None,
         "time": timezone.now().isoformat(),
     })
+
+
+def peer_certificate(request) -> bytes | None:
+    """The client certificate (DER) of the TLS connection this request came on: gunicorn
+    puts its socket in the environ; the delegation listener requires the certificate."""
+    sock = request.META.get("gunicorn.socket")
+    getpeercert = getattr(sock, "getpeercert", None)
+    if getpeercert is None:
+        return None
+    try:
+        return getpeercert(binary_form=True) or None
+    except (OSError, ValueError):
+        return None
+
+
+@csrf_exempt
+@never_cache
+@require_POST
+def removed_notice(request):
+    """``POST api/delegation/v1/removed``: the leader tells this node it was removed
+    from the cluster. Only the leader's certificate; strict JSON; this cluster and this
+    node (``removed.removal_notice_accept``). This node then stops wanting its etcd
+    member and every page of its console says it was removed."""
+    try:
+        declared = int(request.META.get("CONTENT_LENGTH") or "0")
+    except ValueError:
+        declared = 0
+    body = b"" if declared > removed.NOTICE_MAX_BYTES else request.read(removed.NOTICE_MAX_BYTES + 1)
+    if declared > removed.NOTICE_MAX_BYTES:
+        body = b" " * (removed.NOTICE_MAX_BYTES + 1)  # refused as too large, unread
+    try:
+        removal, new = removed.removal_notice_accept(peer_der=peer_certificate(request), body=body,
+                                                     source_ip=_source_ip(request))
+    except removed.RemovalRefused as refused:
+        return JsonResponse({"ok": False, "error": {"code": refused.code, "message": refused.message}},
+                            status=refused.status)
+    return JsonResponse({"ok": True, "address": removal.address, "cluster_id": removal.cluster_id,
+                         "request_number": removal.request_number, "new": new,
+                         "learned_at": removal.learned_at.isoformat()})

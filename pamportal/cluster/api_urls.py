@@ -11,4 +11,5 @@ urlpatterns = [
     path("api/setup/v1/join/<uuid:request_id>", api.join_status, name="join_status"),
     path("api/setup/v1/time", api.leader_time, name="time"),
     path("api/delegation/v1/heartbeat", api.heartbeat, name="heartbeat"),
+    path("api/delegation/v1/removed", api.removed_notice, name="removed"),
 ]

@@ -1,5 +1,5 @@
 """How the leader reaches the cluster: its etcd client, etcd's members found by id or
-address, and the followers' delegation API (the heartbeat).
+address, and the followers' delegation API (the heartbeat, the removal notice).
 
 ``etcd_client`` is the one place an ``EtcdClient`` is made, so tests replace it with an
 in-memory fake (``monkeypatch.setattr(connections, "etcd_client", ...)``).
@@ -68,6 +68,55 @@ class HeartbeatResult:
     detail: str
     seconds: float
     data: dict
+
+
+def _delegation_opener():
+    ca_file, cert_file, key_file = tls_files()
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=ca_file)
+    context.load_cert_chain(cert_file, key_file)
+    return urllib.request.build_opener(urllib.request.HTTPSHandler(context=context), urllib.request.ProxyHandler({}))
+
+
+def delegation_url(address: str, path: str) -> str:
+    host = f"[{address}]" if ":" in address else address
+    return f"https://{host}:{conf.delegation_api_port()}/api/delegation/v1/{path}"
+
+
+@dataclass(frozen=True)
+class DelegationAnswer:
+    """What a node's delegation API answered: ``status`` 0 when it was not reached."""
+
+    status: int
+    data: dict
+    detail: str
+
+    @property
+    def ok(self) -> bool:
+        return 200 <= self.status < 300 and self.data.get("ok") is True
+
+
+def delegation_post(address: str, path: str, payload: dict) -> DelegationAnswer:
+    """``POST https://<address>:2391/api/delegation/v1/<path>`` with JSON, this node's
+    certificate as the client certificate, the peer checked against the cluster CA."""
+    url = delegation_url(address, path)
+    body = json.dumps(payload, sort_keys=True, separators=(",", ":")).encode()
+    request = urllib.request.Request(url, data=body, method="POST", headers={"Content-Type": "application/json"})
+    try:
+        with _delegation_opener().open(request, timeout=conf.heartbeat_timeout()) as response:
+            status, raw = response.status, response.read(64 * 1024)
+    except urllib.error.HTTPError as exc:
+        with exc:
+            status, raw = exc.code, exc.read(64 * 1024)
+    except (OSError, ValueError, ssl.SSLError) as exc:
+        return DelegationAnswer(0, {}, f"{url}: {getattr(exc, 'reason', exc)}"[:480])
+    try:
+        data = json.loads(raw)
+    except ValueError:
+        data = {}
+    data = data if isinstance(data, dict) else {}
+    error = data.get("error") if isinstance(data.get("error"), dict) else {}
+    detail = f"HTTP {status}" + (f" {error.get('code')}: {error.get('message')}" if error else "")
+    return DelegationAnswer(status, data, detail[:480])
 
 
 def delegation_heartbeat(member) -> HeartbeatResult:

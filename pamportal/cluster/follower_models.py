@@ -1,5 +1,7 @@
 """The follower's half of a join: this node joining a cluster, as the node itself
-keeps it (the leader's half is ``JoinRequest``). Loaded by ``cluster.models``."""
+keeps it (the leader's half is ``JoinRequest``), and this node's removal from a
+cluster as it learnt of it (the leader's half is ``RemovalRequest``). Loaded by
+``cluster.models``."""
 
 from __future__ import annotations
 
@@ -49,3 +51,44 @@ class FollowerJoin(models.Model):
         # The table the model had when it lived in the setup app.
         db_table = "setup_followerjoin"
         ordering = ["-pk"]
+
+
+class RemovalSource(models.TextChoices):
+    LEADER = "leader", "told by the leader"
+    ETCD = "etcd", "found in etcd's member list"
+
+
+class NodeRemoval(models.Model):
+    """This node was removed from a cluster: when it learnt it, from whom, and what the
+    leader said (request, date, reason) once it said it. Kept after the wipe as history;
+    the one with ``wiped_at`` unset is the removal every page shows."""
+
+    learned_at = models.DateTimeField()
+    source = models.CharField(max_length=8, choices=RemovalSource.choices)
+    cluster_id = models.CharField(max_length=128)
+    address = models.CharField(max_length=253)
+    leader_address = models.CharField(max_length=253, blank=True)
+    # From the leader's notice (empty while only etcd has told).
+    request_number = models.PositiveIntegerField(null=True, blank=True)
+    request_id = models.CharField(max_length=64, blank=True)
+    removed_at = models.DateTimeField(null=True, blank=True)
+    reason = models.CharField(max_length=500, blank=True)
+    notice_received_at = models.DateTimeField(null=True, blank=True)
+    # The revoked certificate, kept as evidence (the leader revoked it; this node
+    # revokes nothing).
+    certificate_serial = models.CharField(max_length=64, blank=True)
+    certificate_sha256 = models.CharField(max_length=64, blank=True)
+    etcd_member_name = models.CharField(max_length=253, blank=True)
+    wiped_at = models.DateTimeField(null=True, blank=True)
+    wiped_by = models.CharField(max_length=150, blank=True)
+
+    class Meta:
+        ordering = ["-pk"]
+
+    def __str__(self) -> str:
+        return f"removal of {self.address} from cluster {self.cluster_id}"
+
+    @property
+    def removed_on(self):
+        """The removal's date: the leader's, else when this node learnt it."""
+        return self.removed_at or self.learned_at

@@ -33,3 +33,10 @@ class PolicyForm(forms.Form):
 
 class RemovalForm(forms.Form):
     reason = forms.CharField(label="Reason", min_length=10, max_length=500)
+
+
+class WipeForm(forms.Form):
+    """The typed confirmation of a removed node's wipe (the service checks what was typed)."""
+
+    confirmation = forms.CharField(label="Type this node's address to confirm", max_length=253,
+                                   widget=forms.TextInput(attrs={"autocomplete": "off", "spellcheck": "false"}))

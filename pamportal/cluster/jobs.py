@@ -36,7 +36,7 @@ from .members import ca_row, certificate_revoke, leader_member_ensure, node_lock
 from .models import ClusterMember, JoinRequest, MemberRole, MemberState, RemovalRequest, RequestState
 from .quorum import quorum_ok_after_remove
 from .refusals import request_target
-from .removal import REMOVABLE_STATES, REMOVE_KIND
+from .removal import REMOVABLE_STATES, REMOVE_KIND, removal_notify
 from .requests import JOIN_KIND, request_changed
 
 
@@ -439,11 +439,18 @@ def _remove(ctx) -> dict:
         audit_record(action=AuditAction.CLUSTER_NODE_REMOVED, target=request_target(request),
                      details={"address": member.address, "reason": request.reason,
                               "certificate_serial": member.cert_serial})
+    # Tell the node, so that it stops its etcd member and says so on its pages; a node
+    # that is down is told by the heartbeat task once it answers again.
+    if removal_notify(request_id=request_id):
+        ctx.log(f"{request.address} was told of its removal")
+    else:
+        ctx.log(f"{request.address} could not be told of its removal yet; it is told once it answers", "warning")
     return {"removed": request.address}
 
 
 REMOVE = register(JobKind(
     name=REMOVE_KIND, title="Remove a node from the cluster",
-    steps=(StepSpec("remove", "Remove the etcd member and revoke the certificate", _remove, max_attempts=2),),
+    steps=(StepSpec("remove", "Remove the etcd member, revoke the certificate, tell the node", _remove,
+                    max_attempts=2),),
 ))
 

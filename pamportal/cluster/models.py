@@ -168,6 +168,11 @@ class RemovalRequest(ApprovalRequestBase):
     etcd_member_id = models.CharField(max_length=24, blank=True)
     reason = models.CharField(max_length=500)
     requested_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
+    # Telling the removed node (its delegation API, 2391) once the removal is done;
+    # retried by the heartbeat task until it answers.
+    node_notified_at = models.DateTimeField(null=True, blank=True)
+    node_notice_attempts = models.PositiveIntegerField(default=0)
+    node_notice_detail = models.CharField(max_length=500, blank=True)
 
     class Meta(ApprovalRequestBase.Meta):
         pass
@@ -221,4 +226,4 @@ class RevokedCertificate(models.Model):
         ordering = ["-revoked_at"]
 
 
-from .follower_models import FollowerJoin, JoinState  # noqa: E402,F401  the follower's half of a join
+from .follower_models import FollowerJoin, JoinState, NodeRemoval  # noqa: E402,F401  the follower's half

@@ -9,6 +9,8 @@ from pamportal.core.context import acting
 from .bundles import bundles_expire
 from .jobs import joins_reconcile
 from .members import members_heartbeat
+from .removal import removal_notices_retry
+from .removed import removal_check, removal_enforce
 from .requests import requests_expire
 
 
@@ -25,5 +27,11 @@ def housekeeping() -> dict:
 
 @shared_task(name="pamportal.cluster.tasks.heartbeats", acks_late=True, ignore_result=True)
 def heartbeats() -> int:
+    """The leader: each follower's heartbeat, and removed nodes not told yet. Every node:
+    whether it is still in etcd's member list (for a removal made while it was down)."""
     with acting(actor_id=None, actor_name="cluster heartbeat"):
-        return members_heartbeat()
+        count = members_heartbeat()
+        removal_notices_retry()
+        removal_enforce()
+        removal_check()
+        return count

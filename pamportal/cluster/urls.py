@@ -13,4 +13,5 @@ urlpatterns = [
     path("requests/<str:kind>/<int:pk>/vote", views.vote, name="vote"),
     path("policy/", views.policy, name="policy"),
     path("members/<int:pk>/remove", views.member_remove, name="member_remove"),
+    path("removed/", views.removed, name="removed"),
 ]

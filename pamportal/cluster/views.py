@@ -1,4 +1,5 @@
-"""Cluster pages: the cluster, joining bundles, requests and votes, the approval policy."""
+"""Cluster pages: the cluster, joining bundles, requests and votes, the approval policy,
+and on a node removed from its cluster, the removal and the wipe of its cluster state."""
 
 from __future__ import annotations
 
@@ -11,17 +12,19 @@ from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from pamportal.accounts.decorators import require_capability
+from pamportal.accounts.roles import has_capability
 from pamportal.core.htmx import htmx_partial, stop_polling
 from pamportal.core.views import refused_redirect
 
+from . import removed as removed_state
 from . import selectors
 from .bundles import bundle_download as bundle_download_service
 from .bundles import bundle_generate as bundle_generate_service
 from .bundles import bundle_revoke as bundle_revoke_service
-from .forms import BundleForm, PolicyForm, RemovalForm, VoteForm
+from .forms import BundleForm, PolicyForm, RemovalForm, VoteForm, WipeForm
 from .policy import policy_update
 from .refusals import ClusterRefused
-from .removal import removal_request_create
+from .removal import removal_offer, removal_request_create
 from .requests import join_request_vote, removal_request_vote
 
 
@@ -42,18 +45,60 @@ def leader_only(view):
     return wrapper
 
 
+def _removed_page(request, removal, form=None, status: int = 200):
+    return render(request, "cluster/removed.html", {
+        "removal": removal, "form": form or WipeForm(),
+        "confirmation": removed_state.wipe_confirmation(removal),
+        "may_wipe": has_capability(request.user, "setup.finalise"),
+    }, status=status)
+
+
 @require_capability("cluster.view")
 @require_GET
 def overview(request):
+    removal = removed_state.removal_current_for(request)
+    if removal is not None:
+        return _removed_page(request, removal)
     standing = selectors.node_standing()
     if standing.is_follower:
         return render(request, "cluster/overview.html", {"standing": standing})
+    overview = selectors.cluster_overview()
+    removing = selectors.open_removal_member_ids()
+    status = selectors.etcd_status()  # the cached read cluster_overview just made
+    etcd_members = list(status.members) if status.ok else None
+    for view in overview.members:
+        # Each row its own form ids, and "Remove…" only where the quorum guard allows it.
+        view.removal_offer = removal_offer(view.member, etcd_members, removing=view.member.pk in removing)
+        view.removal_form = RemovalForm(auto_id=f"id_member_{view.member.pk}_%s")
     return render(request, "cluster/overview.html", {
         "standing": standing,
-        "overview": selectors.cluster_overview(),
-        "removal_form": RemovalForm(),
-        "removing": selectors.open_removal_member_ids(),
+        "overview": overview,
+        "removing": removing,
     })
+
+
+@require_capability("cluster.view")
+@require_http_methods(["GET", "POST"])
+def removed(request):
+    """This node's removal, and (administrators) the wipe of its cluster state."""
+    removal = removed_state.removal_current_for(request)
+    if removal is None:
+        messages.info(request, "This node has not been removed from a cluster.")
+        return redirect("cluster:overview")
+    if request.method == "GET":
+        return _removed_page(request, removal)
+    if not has_capability(request.user, "setup.finalise"):
+        raise PermissionDenied("setup.finalise")
+    form = WipeForm(request.POST)
+    try:
+        removed_state.cluster_state_wipe(user=request.user,
+                                         confirmation=form.cleaned_data["confirmation"] if form.is_valid() else "")
+    except removed_state.RemovalRefused as refused:
+        messages.error(request, refused.message)
+        return _removed_page(request, removal, form, status=400)
+    messages.success(request, "This node's cluster state is wiped. Set it up as a standalone server, or join a "
+                              "cluster with a new joining bundle.")
+    return redirect("setup:start")
 
 
 @require_capability("cluster.view")

@@ -23,9 +23,9 @@ from tests.setup.helpers import through_mek
 AUDIT_EVENTS = 2_000
 
 # The most queries each page may make for a signed-in administrator (session, user,
-# TOTP device, the navigation badge and the licence banner included).
+# TOTP device, the navigation badge, the licence banner and the removal banner included).
 PAGES = {
-    "nodes:dashboard": 12,
+    "nodes:dashboard": 10,
     "cluster:overview": 11,
     "audit:list": 13,
     "jobs:list": 8,

@@ -140,12 +140,17 @@ MATRIX: dict[tuple[str, str], dict[str, int]] = {
     ("cluster:policy", "GET"): only({ADMIN}, 200),
     ("cluster:policy", "POST"): only({ADMIN}, 200),
     ("cluster:member_remove", "POST"): only(RUNNERS, 302),  # refused with a message: no such member
+    # This node's removal: not removed, every signed-in role is sent back to the cluster page.
+    ("cluster:removed", "GET"): everyone(302),
+    ("cluster:removed", "POST"): everyone(302),
     # The cluster APIs (served on 2390/2391 only; no session: the same for everyone).
     ("cluster_api:join", "POST"): everyone(400),
     ("cluster_api:join", "GET"): everyone(405),
     ("cluster_api:join_status", "GET"): everyone(404),
     ("cluster_api:time", "GET"): everyone(200),
     ("cluster_api:heartbeat", "GET"): everyone(200),
+    ("cluster_api:removed", "POST"): everyone(401),  # no client certificate
+    ("cluster_api:removed", "GET"): everyone(405),
     # Joining a cluster as a follower (first boot, administrators).
     ("setup:join", "GET"): only({ADMIN}, 200),
     ("setup:join", "POST"): only({ADMIN}, 400),

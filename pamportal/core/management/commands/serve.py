@@ -32,9 +32,12 @@ from pathlib import Path
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
+from django.db import connections
 
 from pamportal.cluster.local_etcd import etcd_available, local_member_config
+from pamportal.cluster.removed import etcd_log_says_removed, removal_check
 from pamportal.core import config
+from pamportal.core.context import acting
 from pamportal.core.units import GUNICORN_CONFIG, TLS12_CIPHERS, NodeLayout, NodeProcess, gunicorn_argv, node_processes
 
 __all__ = ["GUNICORN_CONFIG", "TLS12_CIPHERS", "Command", "tighten_data_dir"]
@@ -174,6 +177,8 @@ class Command(BaseCommand):
                        preexec_fn=die_with_parent(os.getpid(), death_signal))
         if name == "etcd":
             log = open(Path(settings.PAM_LOG_DIR) / "etcd.log", "ab")
+            # Where this run's output starts: only it can say this member was removed.
+            self.etcd_log_offset = log.seek(0, os.SEEK_END)
             try:
                 return subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, **options)
             finally:
@@ -241,12 +246,31 @@ class Command(BaseCommand):
             if proc is not None:
                 self.stderr.write(f"{name} exited with status {proc.returncode}")
                 del processes[name]
+                if name == "etcd" and self._etcd_removed():
+                    self.stdout.write("etcd: this node was removed from the cluster; its member is not started again")
+                    continue
                 backoff[name] = min(backoff.get(name, 1.0) * 2, 30.0)
                 restart_after[name] = now + backoff[name]
             if now < restart_after.get(name, 0):
                 continue
             self.stdout.write(f"starting {name}")
             processes[name] = self._start(name, command, env)
+
+    def _etcd_removed(self) -> bool:
+        """The member exited saying its peers removed it: ask the cluster
+        (``removed.removal_check``), which records the removal and moves the member
+        configuration aside. True if etcd is no longer wanted."""
+        log = Path(settings.PAM_LOG_DIR) / "etcd.log"
+        if not etcd_log_says_removed(log, since=getattr(self, "etcd_log_offset", 0)):
+            return False
+        try:
+            with acting(actor_id=None, actor_name="node supervisor"):
+                removal_check(etcd_said_removed=True)
+        except Exception as exc:  # the supervisor goes on; the periodic check tries again
+            self.stderr.write(f"etcd said this node was removed, but recording it failed: {exc}")
+        finally:
+            connections.close_all()
+        return local_member_config() is None
 
     def _stop_all(self, processes: dict[str, subprocess.Popen]) -> None:
         for proc in processes.values():
