@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from functools import lru_cache
 
 from cryptography import x509
 from django import forms
@@ -46,20 +47,32 @@ def _html_attrs(attrs: dict) -> str:
 class FlatSelect(forms.Select):
     """A select without option groups, rendered in Python to the very markup of Django's
     select templates: the action filter has some ninety options, and the templates'
-    include per option was a large part of the audit page's cost."""
+    include per option was a large part of the audit page's cost. Each option's markup
+    (selected and not) is built once per list of choices and reused."""
 
     def render(self, name, value, attrs=None, renderer=None):
-        widget = self.get_context(name, value, attrs)["widget"]
-        if any(group_name for group_name, _, _ in widget["optgroups"]):
+        choices = tuple((str(v), str(label)) for v, label in self.choices if not isinstance(label, (list, tuple)))
+        if len(choices) != len(self.choices):  # option groups: Django's own templates
             return super().render(name, value, attrs, renderer)
+        widget = forms.Widget.get_context(self, name, value, attrs)["widget"]
+        selected = set(self.format_value(value))
         parts = [format_html('<select name="{}"', widget["name"]), _html_attrs(widget["attrs"]), ">"]
-        for _, options, _ in widget["optgroups"]:
-            for option in options:
-                parts.append(format_html('\n  <option value="{}"', str(option["value"])))
-                parts.append(_html_attrs(option["attrs"]))
-                parts.append(format_html(">{}</option>\n", option["label"]))
+        chosen = False
+        for option_value, plain, with_selected in _option_markup(choices):
+            take = option_value in selected and (self.allow_multiple_selected or not chosen)
+            chosen = chosen or take
+            parts.append(with_selected if take else plain)
         parts.append("\n</select>")
         return mark_safe("".join(parts))
+
+
+@lru_cache(maxsize=32)
+def _option_markup(choices: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str, str], ...]:
+    return tuple(
+        (value, format_html('\n  <option value="{}">{}</option>\n', value, label),
+         format_html('\n  <option value="{}" selected>{}</option>\n', value, label))
+        for value, label in choices
+    )
 
 
 _ANY = [("", "Any")]

@@ -139,3 +139,17 @@ def test_rows_escape_every_value_and_link_each_event(admin_client):
            f"<td>{when}</td><td>{escaped}</td><td>192.0.2.9</td><td>{event.get_action_display()}</td>"
            f'<td>{escaped}</td><td><span class="outcome-denied">{event.get_outcome_display()}</span></td></tr>')
     assert row in html
+
+
+@pytest.mark.parametrize("value", [None, "", "auth.login", "no.such.action", ["auth.login"], 'x"><b>'])
+def test_the_flat_select_renders_exactly_what_djangos_select_template_renders(value):
+    from django import forms
+
+    from pamportal.audit.forms import AuditFilterForm, FlatSelect
+
+    choices = AuditFilterForm.base_fields["action"].choices
+    choices = [*choices, ('x"><b>', 'label <i>"quoted"</i>')]
+    attrs = {"id": "id_action", "required": True, "data-x": 'a"b'}
+    for _ in range(2):  # the second time from the cached option markup
+        assert FlatSelect(choices=choices).render("action", value, attrs) == \
+            forms.Select(choices=choices).render("action", value, attrs)
