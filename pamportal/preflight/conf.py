@@ -17,9 +17,9 @@ Read at call time, so tests can change them with pytest-django's ``settings`` fi
     PAM_PREFLIGHT_COMMAND_TIMEOUT        5.0    seconds, per command (etcd --version)
     PAM_PREFLIGHT_ACCEPT_REASON_MIN      10     characters in a warning's acceptance reason
     PAM_PREFLIGHT_PORTS                  {"443": PAM_HTTPS_PORT, "9002": 9002, "2380": 2380,
-                                          "2390": 2390, "2391": 2391}; each also from
+                                          "2390": 2390, "2391": 2391, "8008": 8008}; each also from
                                           PAM_CLIENT_PORT, PAM_ETCD_PEER_PORT,
-                                          PAM_SETUP_API_PORT, PAM_DELEGATION_API_PORT
+                                          PAM_SETUP_API_PORT, PAM_DELEGATION_API_PORT, PAM_PATRONI_PORT
 """
 
 from __future__ import annotations
@@ -76,6 +76,7 @@ def ports() -> dict[str, int]:
         "2380": setting("PAM_ETCD_PEER_PORT", 2380, int),
         "2390": setting("PAM_SETUP_API_PORT", 2390, int),
         "2391": setting("PAM_DELEGATION_API_PORT", 2391, int),
+        "8008": setting("PAM_PATRONI_PORT", 8008, int),
     }
     override = _read("PORTS", {}, lambda v: {str(k): int(p) for k, p in dict(v).items()})
     return {**found, **override}

@@ -36,7 +36,7 @@ def test_catalogue_has_every_check_the_issue_names_with_sane_rules():
     ids = [c.id for c in CATALOGUE]
     assert ids == list(dict.fromkeys(ids))
     for wanted in ("hardware.cpu", "hardware.memory", "disk.data-dir", "port.443.free", "port.9002.free",
-                   "port.2380.free", "port.2390.free", "port.2391.free", "port.5432.reachable", "address.format",
+                   "port.2380.free", "port.2390.free", "port.2391.free", "port.8008.free", "port.5432.reachable", "address.format",
                    "address.resolves-to-self", "clock.ntp-offset", "tls.certificate-validity", "etcd.binary",
                    "licence.valid"):
         assert wanted in BY_ID
@@ -50,7 +50,7 @@ def test_catalogue_has_every_check_the_issue_names_with_sane_rules():
 
 
 # --- ports -----------------------------------------------------------------------------
-@pytest.mark.parametrize("standard", ["443", "9002", "2380", "2390", "2391"])
+@pytest.mark.parametrize("standard", ["443", "9002", "2380", "2390", "2391", "8008"])
 def test_a_port_held_by_the_test_fails_and_passes_once_released(tmp_path, standard):
     ctx = context(tmp_path)
     with held_port("127.0.0.1") as port:

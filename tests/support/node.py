@@ -161,6 +161,7 @@ def passing_preflight_env() -> dict[str, str]:
         "PAM_ETCD_PEER_PORT": str(free_port()),
         "PAM_SETUP_API_PORT": str(free_port()),
         "PAM_DELEGATION_API_PORT": str(free_port()),
+        "PAM_PATRONI_PORT": str(free_port()),
     }
 
 

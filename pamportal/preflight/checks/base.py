@@ -43,6 +43,7 @@ PORT_ROLES: dict[str, str] = {
     "2380": "etcd peer",
     "2390": "cluster setup API",
     "2391": "cluster delegation API",
+    "8008": "Patroni REST API",
 }
 
 
