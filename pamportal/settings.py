@@ -13,10 +13,9 @@ import socket
 from datetime import timedelta
 from pathlib import Path
 
-import dj_database_url
-
 from pamportal.core import config
 from pamportal.core.files import write_private
+from pamportal.replication import database as _replication_database
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 PAM_ENV = os.environ.get("PAM_ENV", "development")
@@ -113,6 +112,7 @@ INSTALLED_APPS = [
     "pamportal.licensing",
     "pamportal.preflight",
     "pamportal.cluster",
+    "pamportal.replication",
 ]
 
 MIDDLEWARE = [
@@ -159,25 +159,16 @@ TEMPLATES = [
 ]
 
 # --- Database -------------------------------------------------------------------------
-_default_sqlite = f"sqlite:///{PAM_DATA_DIR / 'pamportal.sqlite3'}"
-DATABASES = {"default": dj_database_url.parse(os.environ.get("DATABASE_URL") or _default_sqlite)}
-if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
-    DATABASES["default"]["OPTIONS"] = {
-        # IMMEDIATE makes every transaction take the write lock at BEGIN, so two writers
-        # queue behind the busy timeout instead of failing on a lock upgrade.
-        "transaction_mode": "IMMEDIATE",
-        "timeout": 20,
-        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL; PRAGMA foreign_keys=ON;",
-    }
-    DATABASES["default"]["TEST"] = {"NAME": str(PAM_DATA_DIR / "test.sqlite3")}
-    # Persistent connections: opening a SQLite connection (and running the PRAGMAs of
-    # init_command) on every request is a large part of a page's cost. The health check
-    # replaces a connection that went bad before a request uses it.
-    DATABASES["default"]["CONN_MAX_AGE"] = 60
-    DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
-else:
-    DATABASES["default"].setdefault("CONN_MAX_AGE", 60)
-    DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+# <data dir>/database.json (the node moved onto its Patroni PostgreSQL), else
+# DATABASE_URL, else SQLite in the data dir; a database.json that cannot be used stops
+# the process rather than falling back (pamportal.replication.database).
+DATABASES = _replication_database.databases(
+    data_dir=PAM_DATA_DIR,
+    database_url=os.environ.get("DATABASE_URL"),
+    ca_file=PAM_TLS_CERT.with_name("cluster-ca.crt"),
+    cert_file=PAM_TLS_CERT,
+    key_file=PAM_TLS_KEY,
+)
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- Accounts, sessions, lockout -------------------------------------------------------

@@ -76,15 +76,16 @@ class Cert:
 class Pki:
     """The cluster CA and what it issues, as files (keys 0600, root's)."""
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, addresses: dict[str, str] | None = None):
         self.root = root
+        self.addresses = addresses or ADDRESSES
         root.mkdir(parents=True, exist_ok=True)
         issued = ca.create_ca(name="pamportal replication test CA")
         self.ca_pem, self._ca_key = issued.cert_pem, issued.key_pem
         self.ca_file = self._write("ca.crt", issued.cert_pem)
         self.cluster_id = ca.cluster_id_of(ca.certificate_info(issued.cert_pem).sha256)
         # loopback node certificates also name 127.0.0.1 (etcd_process.certificate_addresses)
-        self.nodes = {n: self.issue(n, etcd_process.certificate_addresses(a)) for n, a in ADDRESSES.items()}
+        self.nodes = {n: self.issue(n, etcd_process.certificate_addresses(a)) for n, a in self.addresses.items()}
         rogue = ca.create_ca(name="not the cluster CA")
         self.rogue_ca_file = self._write("rogue-ca.crt", rogue.cert_pem)
         node = ca.issue_node_certificate(ca_cert_pem=rogue.cert_pem, ca_key_pem=rogue.key_pem, names=["127.0.0.53"])
@@ -106,28 +107,32 @@ class Pki:
 
 
 class Lab:
-    """Three etcd members and up to three Patroni members, on 127.0.0.51-53."""
+    """Three etcd members and up to three Patroni members, on 127.0.0.51-53 (or on the
+    ``addresses`` given: one etcd voter and one Patroni member each)."""
 
-    def __init__(self, root: Path, timing: FailoverTiming | None = None):
+    def __init__(self, root: Path, timing: FailoverTiming | None = None, addresses: dict[str, str] | None = None):
         self.root = root
-        self.pki = Pki(root / "pki")
+        self.addresses = addresses or ADDRESSES
+        self.pki = Pki(root / "pki", self.addresses)
         self.timing = timing or FailoverTiming()
         # PostgreSQL's files must be reachable by postgres: not under pytest's 0700 tmp.
         self.pg_base = Path(tempfile.mkdtemp(prefix="pamportal-repl-", dir="/var/tmp"))
         os.chmod(self.pg_base, 0o711)
         self.run_as = process.RunAs.for_this_process()
         self.etcd_procs: dict[str, subprocess.Popen] = {}
-        self.etcd_ports = {n: pick_ports(a) for n, a in ADDRESSES.items()}
-        self.pg_ports = {n: pick_ports(a, (5432, 8008)) for n, a in ADDRESSES.items()}
+        self.etcd_ports = {n: pick_ports(a) for n, a in self.addresses.items()}
+        self.pg_ports = {n: pick_ports(a, (5432, 8008)) for n, a in self.addresses.items()}
         self.members: dict[str, process.PatroniProcess] = {}
         self.specs: dict[str, MemberSpec] = {}
+        # whose certificate the lab's own clients present (any cluster-CA one will do)
+        self.client_node = "n3" if "n3" in self.addresses else list(self.addresses)[-1]
 
     # -- etcd -------------------------------------------------------------------------
     def etcd_config(self, name: str, initial_cluster: str) -> MemberConfig:
         cport, pport = self.etcd_ports[name]
         node = self.pki.nodes[name]
         return MemberConfig(
-            name=name, address=ADDRESSES[name], client_port=cport, peer_port=pport,
+            name=name, address=self.addresses[name], client_port=cport, peer_port=pport,
             data_dir=self.root / "etcd" / name, ca_file=self.pki.ca_file, cert_file=node.cert_file,
             key_file=node.key_file, initial_cluster=initial_cluster, initial_state="new",
             initial_cluster_token="pamportal-repl-test",
@@ -136,9 +141,9 @@ class Lab:
     def etcd_start(self) -> None:
         """Three voters at once (the etcd join is tested in tests/cluster)."""
         initial = ",".join(
-            etcd_process.initial_cluster_entry(n, a, self.etcd_ports[n][1]) for n, a in ADDRESSES.items()
+            etcd_process.initial_cluster_entry(n, a, self.etcd_ports[n][1]) for n, a in self.addresses.items()
         )
-        configs = {n: self.etcd_config(n, initial) for n in ADDRESSES}
+        configs = {n: self.etcd_config(n, initial) for n in self.addresses}
         for name, cfg in configs.items():
             self.etcd_procs[name] = etcd_support.start(cfg, self.root / f"etcd-{name}.log")
         for name, cfg in configs.items():
@@ -156,10 +161,10 @@ class Lab:
     def spec(self, name: str, tls: TLSFiles) -> MemberSpec:
         paths = self.paths(name)
         pg_port, api_port = self.pg_ports[name]
-        own_first = [name] + [n for n in ADDRESSES if n != name]
+        own_first = [name] + [n for n in self.addresses if n != name]
         return MemberSpec(
-            cluster_id=self.pki.cluster_id, name=name, address=ADDRESSES[name],
-            etcd_hosts=tuple(f"{ADDRESSES[n]}:{self.etcd_ports[n][0]}" for n in own_first),
+            cluster_id=self.pki.cluster_id, name=name, address=self.addresses[name],
+            etcd_hosts=tuple(f"{self.addresses[n]}:{self.etcd_ports[n][0]}" for n in own_first),
             tls=tls, data_dir=paths.data_dir, socket_dir=paths.socket_dir, pgpass=paths.pgpass,
             postgres_port=pg_port, patroni_port=api_port, superuser=self.run_as.user, timing=self.timing,
         )
@@ -187,16 +192,16 @@ class Lab:
     def api(self, name: str, *, cert: Cert | None = None, ca_file: Path | None = None,
             timeout: float = 5.0) -> PatroniClient:
         """Patroni's REST API on ``name``, as the node ``n3`` would call it by default."""
-        cert = cert or self.pki.nodes["n3"]
+        cert = cert or self.pki.nodes[self.client_node]
         return PatroniClient(self.specs[name].api_url, ca_file=ca_file or self.pki.ca_file,
                              cert_file=cert.cert_file, key_file=cert.key_file, timeout=timeout)
 
     def conninfo(self, name: str, **overrides) -> dict:
         """libpq parameters of the application role on ``name``: TLS, verify-full, and
         the node certificate of n3 (any cluster-CA certificate maps to the role)."""
-        cert = self.pki.nodes["n3"]
+        cert = self.pki.nodes[self.client_node]
         params = dict(
-            host=ADDRESSES[name], port=self.pg_ports[name][0], dbname=config.APP_DATABASE, user=config.APP_USER,
+            host=self.addresses[name], port=self.pg_ports[name][0], dbname=config.APP_DATABASE, user=config.APP_USER,
             sslmode="verify-full", sslrootcert=str(self.pki.ca_file), sslcert=str(cert.cert_file),
             sslkey=str(cert.key_file), connect_timeout=5,
         )
@@ -262,7 +267,7 @@ class Lab:
                 etcd_support.stop(proc)
             except Exception as exc:  # noqa: BLE001
                 errors.append(f"etcd: {exc}")
-        for name in ADDRESSES:
+        for name in self.addresses:
             try:
                 process.member_remove(self.paths(name))
             except Exception as exc:  # noqa: BLE001
