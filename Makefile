@@ -29,12 +29,10 @@ system-packages:
 lint: $(VENV)/.dev
 	$(VENV)/bin/ruff check .
 
+# serve --prepare: the TLS certificate, the node's database (its PostgreSQL member
+# first, once the node was moved onto one), migrations, static files, a setup token.
 run: $(VENV)/.runtime
-	$(PY) manage.py migrate --noinput
-	$(PY) manage.py collectstatic --noinput --verbosity 0
-	$(PY) manage.py tls_ensure
-	$(PY) manage.py setup_token
-	$(PY) manage.py serve
+	$(PY) manage.py serve --prepare
 
 test: system-packages lint $(VENV)/.dev
 	$(VENV)/bin/pytest

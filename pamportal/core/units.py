@@ -119,6 +119,10 @@ class NodeProcess:
     essential: bool = False
     # Binds a port below 1024 (CAP_NET_BIND_SERVICE for an unprivileged user).
     privileged_port: bool = False
+    # Runs as this OS user instead of the node's (the PostgreSQL member: PostgreSQL
+    # refuses root), in this working directory.
+    user: str | None = None
+    working_dir: Path | None = None
     # gunicorn: SIGHUP reloads the configuration and the certificate.
     reloads_on_hup: bool = False
     # What the process gets when serve dies without stopping it (PR_SET_PDEATHSIG):
@@ -194,7 +198,24 @@ def node_processes(layout: NodeLayout, *, workers: int = 2, concurrency: int = 2
         NodeProcess(name="etcd", description="pamportal etcd member",
                     argv=etcd_argv(layout), requires_files=(ca, layout.member_config)),
     ]
+    member = _database_member(layout)
+    if member is not None:
+        processes.append(member)
     return {p.name: p for p in processes}
+
+
+def _database_member(layout: NodeLayout) -> NodeProcess | None:
+    """The node's PostgreSQL member under Patroni, once its database is that member
+    (``<data dir>/database.json``, written by ``manage.py database_to_patroni`` or a
+    join); like etcd, a life of its own: an app restart never restarts PostgreSQL."""
+    from pamportal.replication.local import patroni_node_process
+
+    member = patroni_node_process(data_dir=layout.data_dir)
+    if member is None:
+        return None
+    return NodeProcess(name=member.name, description=member.description, argv=member.argv, env=member.env,
+                       requires_files=member.requires_files, user=member.user, working_dir=member.working_dir,
+                       death_signal=signal.SIGTERM)
 
 
 # --- systemd -----------------------------------------------------------------------------
@@ -204,6 +225,7 @@ TARGET = f"{UNIT_PREFIX}.target"
 CLUSTER_TARGET = f"{UNIT_PREFIX}-cluster.target"
 CLUSTER_PATH = f"{UNIT_PREFIX}-cluster.path"
 ETCD_PATH = f"{UNIT_PREFIX}-etcd.path"
+PATRONI_PATH = f"{UNIT_PREFIX}-patroni.path"
 CERT_PATH = f"{UNIT_PREFIX}-certificate.path"
 RELOAD_SERVICE = f"{UNIT_PREFIX}-reload.service"
 SYSTEMCTL = "/bin/systemctl"
@@ -241,7 +263,8 @@ def _hardening(layout: NodeLayout, process: NodeProcess) -> list[str]:
         f"AmbientCapabilities={caps}",
         "NoNewPrivileges=yes",
         "ProtectSystem=strict",
-        f"ReadWritePaths={layout.data_dir}",
+        # The PostgreSQL member writes only its own directory (owned by its user).
+        f"ReadWritePaths={process.working_dir or layout.data_dir}",
         "ProtectHome=read-only",
         "PrivateTmp=yes",
         "PrivateDevices=yes",
@@ -256,7 +279,9 @@ def _hardening(layout: NodeLayout, process: NodeProcess) -> list[str]:
         "RestrictRealtime=yes",
         "RestrictSUIDSGID=yes",
         "LockPersonality=yes",
-        "RemoveIPC=yes",
+        # Not for PostgreSQL: removing its user's IPC objects when the unit stops is
+        # PostgreSQL's documented way to be corrupted (shared memory of a live server).
+        f"RemoveIPC={'no' if process.user else 'yes'}",
         "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6 AF_NETLINK",
         "SystemCallArchitectures=native",
         "SystemCallFilter=@system-service",
@@ -277,18 +302,19 @@ def service_unit(layout: NodeLayout, process: NodeProcess, *, user: str, group: 
         # Keep retrying, as serve does (with RestartSec= between attempts).
         "StartLimitIntervalSec=0",
     ]
-    if process.name != "etcd":
+    if process.name not in ("etcd", "patroni"):
         # Stopping or restarting the node's target stops or restarts the app; the etcd
-        # member has a lifecycle of its own (no app restart ever restarts it).
+        # and PostgreSQL members have lifecycles of their own (no app restart ever
+        # restarts them).
         lines.append(f"PartOf={TARGET}")
     lines += [f"ConditionPathExists={path}" for path in process.requires_files]
     lines += [
         "",
         "[Service]",
         "Type=exec",
-        f"User={user}",
-        f"Group={group}",
-        f"WorkingDirectory={layout.app_dir}",
+        f"User={process.user or user}",
+        f"Group={process.user or group}",
+        f"WorkingDirectory={process.working_dir or layout.app_dir}",
         # Local settings (SECRET_KEY, DATABASE_URL, CELERY_BROKER_URL, PAM_NODE_ADDRESS).
         # The data dir, bind address and ports are set below, matching the command line.
         f"EnvironmentFile=-{ENVIRONMENT_FILE}",
@@ -296,6 +322,8 @@ def service_unit(layout: NodeLayout, process: NodeProcess, *, user: str, group: 
         "Environment=PYTHONUNBUFFERED=1",
         *_env_lines({**layout.environment(), **process.env}),
     ]
+    if process.working_dir is not None:
+        lines.append(f"Environment=HOME={process.working_dir}")
     if process.name == "web":
         # The console's certificate (self-signed until setup, else from the database).
         lines.append(f"ExecStartPre={exec_line([layout.python, str(layout.app_dir / 'manage.py'), 'tls_ensure'])}")
@@ -309,6 +337,9 @@ def service_unit(layout: NodeLayout, process: NodeProcess, *, user: str, group: 
         lines += ["KillMode=mixed", "TimeoutStopSec=10s"]
     if process.name == "etcd":
         lines += ["LimitNOFILE=65536", "TimeoutStopSec=30s"]
+    if process.name == "patroni":
+        # Patroni stops PostgreSQL (fast shutdown) before it exits.
+        lines += ["KillMode=mixed", "TimeoutStopSec=60s"]
     lines += _hardening(layout, process)
     return "\n".join(lines) + "\n"
 
@@ -331,16 +362,27 @@ def render_units(layout: NodeLayout, *, user: str, group: str | None = None, wor
     processes = node_processes(layout, workers=workers, concurrency=concurrency)
     units = {p.unit: service_unit(layout, p, user=user, group=group or user) for p in processes.values()}
     always = [p.unit for p in processes.values() if not p.requires_files]
-    listeners = [p.unit for p in processes.values() if p.requires_files and p.name != "etcd"]
+    listeners = [p.unit for p in processes.values() if p.requires_files and p.name not in ("etcd", "patroni")]
     reloadable = [p.unit for p in processes.values() if p.reloads_on_hup]
 
     def path_unit(description: str, condition: str, path: Path, unit: str, part_of: bool = True) -> str:
         return _unit(["[Unit]", f"Description={description}", *([f"PartOf={TARGET}"] if part_of else [])],
                      ["[Path]", f"{condition}={path}", f"Unit={unit}"])
 
+    paths = [CLUSTER_PATH, ETCD_PATH, CERT_PATH]
+    if "patroni" in processes:
+        # The database member (install_units again after database_to_patroni): started
+        # while database.json exists, before the console and the worker.
+        member = processes["patroni"]
+        units[PATRONI_PATH] = path_unit("Start the pamportal PostgreSQL member once the node's database is it",
+                                        "PathExists", member.requires_files[0], member.unit, part_of=False)
+        paths.append(PATRONI_PATH)
+        for name in always:
+            units[name] = units[name].replace("After=network-online.target",
+                                              f"After=network-online.target {member.unit}", 1)
     units[TARGET] = _unit(
         ["[Unit]", "Description=pamportal node (console, worker; cluster listeners and etcd once configured)",
-         f"Wants={' '.join([*always, CLUSTER_PATH, ETCD_PATH, CERT_PATH])}"],
+         f"Wants={' '.join([*always, *paths])}"],
         ["[Install]", "WantedBy=multi-user.target"],
     )
     units[CLUSTER_TARGET] = _unit(

@@ -222,3 +222,44 @@ def test_the_leader_hands_over_its_members_token(node_files):
     assert local_etcd.handover_cluster_token() == token  # derived from the CA again
     with pytest.raises(ValueError):
         local_etcd.local_member_configure(address="127.0.0.1", cluster_token="bad token,x")
+
+
+def test_a_node_on_its_postgresql_member_gets_a_patroni_unit_as_serve_runs_it(node_files, tmp_path, settings,
+                                                                              monkeypatch):
+    """database.json makes the node's Patroni member one of its processes: the same
+    command line for serve and the unit, as the member's user, its own lifecycle
+    (no PartOf), started by a path unit before the console and the worker."""
+    from pamportal.replication import process as member_process
+    from pamportal.replication.database import DatabaseFile, DatabaseHost, write_database_file
+    from pamportal.replication.local import patroni_node_process
+
+    settings.PAM_POSTGRES_BASE = tmp_path / "pg"
+    monkeypatch.setenv("PAM_POSTGRES_BASE", str(tmp_path / "pg"))
+    write_database_file(node_files, DatabaseFile(hosts=(DatabaseHost(host="127.0.0.1", port=5432),),
+                                                 member="node-127-0-0-1"))
+    member = patroni_node_process(data_dir=node_files, base=tmp_path / "pg")
+    member.requires_files[1].parent.mkdir(parents=True)
+    member.requires_files[1].write_text("{}")  # patroni.yml: what the member runs on
+    monkeypatch.setattr(serve, "etcd_available", lambda: True)
+    command = serve.Command()
+    ran = command.cluster_commands()
+    assert ran["patroni"][0] == member.argv
+
+    out = tmp_path / "units"
+    written = install(out, node_files)
+    unit = parse_unit(written["pamportal-patroni.service"])
+    assert [shlex.split(line) for line in unit["ExecStart"]] == [member.argv]
+    assert unit["User"] == [member.user] and unit["Group"] == [member.user]
+    assert "PartOf" not in unit and unit["RemoveIPC"] == ["no"]
+    assert unit["ReadWritePaths"] == [str(member.working_dir)] and f"HOME={member.working_dir}" in unit["Environment"]
+    assert unit["ConditionPathExists"] == [str(p) for p in member.requires_files]
+    path = parse_unit(written["pamportal-patroni.path"])
+    assert path["PathExists"] == [str(node_files / "database.json")] and path["Unit"] == ["pamportal-patroni.service"]
+    assert "pamportal-patroni.path" in parse_unit(written["pamportal.target"])["Wants"][0].split()
+    for name in ("web", "worker"):
+        assert "pamportal-patroni.service" in parse_unit(written[f"pamportal-{name}.service"])["After"][0].split()
+    if not member_process.patroni_venv().joinpath("bin", "patroni").exists():
+        pytest.skip("Patroni's venv is not built here (tools/patroni_env.sh): systemd-analyze would not find it")
+    result = subprocess.run(["systemd-analyze", "verify", "--man=no", *sorted(str(out / n) for n in written)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and not result.stderr.strip(), result.stderr

@@ -310,3 +310,34 @@ result = {'position': event.position, 'refused': refused, 'triggers': triggers}
     # a second run says there is nothing to move
     again = node.move()
     assert again.returncode == 2 and "already runs on PostgreSQL" in again.stderr
+
+
+def test_serve_runs_the_member_for_the_console_and_stops_it_last(node):
+    """After the move, `serve` (as `make run` starts it) starts the member as its user
+    before the console; the console's pages read PostgreSQL; stopping serve stops the
+    console first and PostgreSQL with it."""
+    from tests.support.node import https_get
+
+    if node.member is not None:  # the previous test's member, started by hand
+        process.member_stop(node.member, timeout=30)
+        node.member = None
+    member_process = local.patroni_node_process(data_dir=node.data_dir, base=node.pg_base)
+    data_dir = process.MemberPaths(member_process.working_dir).data_dir
+    assert process.postmaster_pid(data_dir) is None
+    base = start_node(node.env, host=ADDRESS, port=free_on(ADDRESS))
+
+    def login_page() -> bool:  # anonymous: the first-boot check reads the database
+        try:
+            return https_get(base + "/account/login/", timeout=5)[0] == 200
+        except OSError:
+            return False
+
+    wait_until(login_page, 90, interval=1, what="the console on the member started by serve")
+    out = run(node.env, "from django.contrib.auth import get_user_model\nfrom django.db import connection\n"
+                        "result = [connection.vendor, get_user_model().objects.count()]")
+    assert out[0] == "postgresql" and out[1] >= 4
+    pid = process.postmaster_pid(data_dir)
+    assert pid is not None and Path(f"/proc/{pid}").stat().st_uid == process.RunAs.for_this_process().uid
+    node.env.stop()
+    wait_until(lambda: not Path(f"/proc/{pid}").exists(), 60, interval=0.5, what="PostgreSQL stopped with serve")
+    assert process.postmaster_pid(data_dir) is None

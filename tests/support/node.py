@@ -172,9 +172,13 @@ def start_node(env: NodeEnv, *, host: str = "127.0.0.1", port: int | None = None
     answers."""
     port = port or free_port(host)
     env.env.update(PAM_BIND_ADDRESS=host, PAM_HTTPS_PORT=str(port), PAM_NODE_ADDRESS=host)
-    env.manage("migrate", "--noinput")
-    env.manage("tls_ensure")
     sizes = ["--workers", "1", "--concurrency", "1"] if small else []
+    if (env.data_dir / "database.json").exists():
+        # Its database is its PostgreSQL member, which serve starts: serve prepares the node.
+        sizes.append("--prepare")
+    else:
+        env.manage("migrate", "--noinput")
+        env.manage("tls_ensure")
     env.spawn([sys.executable, str(REPO / "manage.py"), "serve", *sizes], "serve")
     base = f"https://{host}:{port}"
 

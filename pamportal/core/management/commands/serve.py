@@ -134,6 +134,10 @@ class Command(BaseCommand):
         parser.add_argument("--concurrency", type=int, default=2, help="Celery worker processes")
         parser.add_argument("--no-etcd", action="store_true",
                             help="do not run the etcd member (run `manage.py run_etcd` on its own instead)")
+        parser.add_argument("--prepare", action="store_true",
+                            help="first make the node ready, as `make run` does: its TLS certificate, its "
+                                 "database (its PostgreSQL member started and answering), migrations, static "
+                                 "files and, before setup, a setup token")
 
     def _gunicorn(self, port: int, workers: int, *extra: str) -> list[str]:
         return gunicorn_argv(NodeLayout.from_settings(), port, workers, *extra)
@@ -173,6 +177,12 @@ class Command(BaseCommand):
         death_signal = process.death_signal if process is not None else signal.SIGTERM
         # Its own session, so that a Ctrl-C reaches serve alone (which stops the
         # children in order); the death signal, so that none outlives serve.
+        if process is not None and process.user is not None:
+            # The PostgreSQL member: as its user, with its clean environment and log,
+            # exactly as database_to_patroni and the tests start it.
+            from pamportal.replication.local import node_member_start, patroni_node_process
+
+            return node_member_start(patroni_node_process()).popen
         options = dict(start_new_session=True, env=full_env, cwd=str(layout.app_dir),
                        preexec_fn=die_with_parent(os.getpid(), death_signal))
         if name == "etcd":
@@ -185,20 +195,68 @@ class Command(BaseCommand):
                 log.close()
         return subprocess.Popen(command, **options)
 
-    def handle(self, *args, workers: int, concurrency: int, no_etcd: bool = False, **options):
+    def _wait_for_database(self, processes, restart_after, backoff) -> None:
+        """The node's own PostgreSQL member was just started: wait (bounded) until
+        Django reaches a read-write member, keeping the member running meanwhile."""
+        from django.db import OperationalError
+
+        limit = config.env("PAM_SERVE_DATABASE_WAIT", 120.0, float)
+        deadline = time.monotonic() + limit
+        self.stdout.write("waiting for the node's database (its PostgreSQL member under Patroni)")
+        while True:
+            try:
+                connections["default"].ensure_connection()
+                return
+            except OperationalError as exc:
+                if time.monotonic() > deadline:
+                    log = Path(settings.PAM_POSTGRES_BASE)
+                    raise CommandError(f"the node's database did not answer within {limit:.0f} s ({exc}); "
+                                       f"see the member's patroni.log under {log}") from exc
+            finally:
+                connections.close_all()
+            self._supervise_cluster(processes, restart_after, backoff)
+            time.sleep(1)
+
+    def _prepare(self) -> None:
+        """What `make run` does before serving, once the database answers."""
+        from django.core.management import call_command
+
+        call_command("migrate", interactive=False, verbosity=0)
+        call_command("collectstatic", interactive=False, verbosity=0)
+        call_command("setup_token", stdout=self.stdout)
+        connections.close_all()
+
+    def handle(self, *args, workers: int, concurrency: int, no_etcd: bool = False, prepare: bool = False,
+               **options):
         self.without_etcd = no_etcd or config.env("PAM_SERVE_WITHOUT_ETCD", False, bool)
         # Every process started below (gunicorn, Celery worker and beat, etcd) inherits
         # the mask: what they write in the data dir is for this user only.
         os.umask(0o077)
         for path in tighten_data_dir(Path(settings.PAM_DATA_DIR)):
             self.stderr.write(f"warning: could not make {path} owner-only")
+        if prepare:
+            from django.core.management import call_command
+
+            call_command("tls_ensure", stdout=self.stdout)
         commands = self.commands(workers, concurrency)
         host = "localhost" if settings.PAM_BIND_ADDRESS in ("127.0.0.1", "0.0.0.0", "::") else settings.PAM_BIND_ADDRESS
         self.stdout.write(self.style.SUCCESS(f"pamportal console: https://{host}:{settings.PAM_HTTPS_PORT}/"))
         self.stdout.write("Press Ctrl-C to stop the console and the worker.")
-        processes = {name: self._start(name, cmd) for name, cmd in commands.items()}
         restart_after: dict[str, float] = {}
         backoff: dict[str, float] = {}
+        # The database member and etcd first (when wanted), so the console finds its
+        # database; then the console and the worker.
+        processes: dict[str, subprocess.Popen] = {}
+        self._supervise_cluster(processes, restart_after, backoff)
+        try:
+            if "patroni" in processes:
+                self._wait_for_database(processes, restart_after, backoff)
+            if prepare:
+                self._prepare()
+        except BaseException:
+            self._stop_all(processes)
+            raise
+        processes.update({name: self._start(name, cmd) for name, cmd in commands.items()})
         stopping = False
 
         def request_stop(signum, frame):
@@ -226,7 +284,10 @@ class Command(BaseCommand):
                     self._supervise_cluster(processes, restart_after, backoff)
                 time.sleep(0.5)
         finally:
-            self._stop_all(processes)
+            # The console and the worker first, then the cluster processes: the
+            # database member outlives every client of it.
+            self._stop_all({n: p for n, p in processes.items() if n in commands})
+            self._stop_all({n: p for n, p in processes.items() if n not in commands})
         if exit_code:
             raise CommandError(f"a node process failed (status {exit_code})")
         self.stdout.write("pamportal stopped.")
