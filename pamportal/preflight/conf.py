@@ -82,11 +82,14 @@ def ports() -> dict[str, int]:
     return {**found, **override}
 
 
-def _postgres() -> tuple[str, int]:
-    db = settings.DATABASES["default"]
+def _postgres(db: dict | None = None) -> tuple[str, int]:
+    db = settings.DATABASES["default"] if db is None else db
     if "postgresql" not in db.get("ENGINE", ""):
         return "", 5432
-    return db.get("HOST") or "127.0.0.1", int(db.get("PORT") or 5432)
+    # libpq multi-host (database.json: "a,b" and "5432,5432"): the first member listed.
+    host = str(db.get("HOST") or "127.0.0.1").split(",")[0].strip() or "127.0.0.1"
+    port = str(db.get("PORT") or 5432).split(",")[0].strip() or "5432"
+    return host, int(port)
 
 
 def context_default(**overrides: Any) -> PreflightContext:

@@ -332,3 +332,12 @@ def test_skipped_checks_do_not_run(tmp_path):
 def test_the_context_survives_its_json_snapshot(tmp_path):
     ctx = context(tmp_path, ntp=("a:123", "b"), skip=("licence.valid",))
     assert checks.PreflightContext.from_dict(ctx.to_dict()) == ctx
+
+
+def test_the_postgres_check_takes_the_first_member_of_a_multi_host_database():
+    from pamportal.preflight import conf
+
+    multi = {"ENGINE": "django.db.backends.postgresql", "HOST": "127.0.0.11,127.0.0.12", "PORT": "5433,5432"}
+    assert conf._postgres(multi) == ("127.0.0.11", 5433)
+    assert conf._postgres({"ENGINE": "django.db.backends.postgresql", "HOST": "db", "PORT": ""}) == ("db", 5432)
+    assert conf._postgres({"ENGINE": "django.db.backends.sqlite3", "NAME": "x"}) == ("", 5432)

@@ -94,9 +94,10 @@ def check_postgres(ctx: PreflightContext) -> CheckResult:
     timeout = ctx.thresholds.probe_timeout
     if not ctx.postgres_host:
         return _fail(measured="no PostgreSQL configured", threshold="TCP connect",
-                     message="this node uses the embedded SQLite database; cluster nodes share PostgreSQL",
-                     remediation="set DATABASE_URL to a PostgreSQL server before forming a cluster, "
-                                 "or accept the warning for a standalone node")
+                     message="this node uses the embedded SQLite database; cluster nodes keep theirs in "
+                             "PostgreSQL under Patroni",
+                     remediation="once setup is finalised, stop the node and run `manage.py database_to_patroni` "
+                                 "before forming a cluster, or accept the warning for a standalone node")
     target = f"{ctx.postgres_host}:{ctx.postgres_port}"
     kw = dict(threshold=f"TCP connect within {_seconds(timeout)}")
     start = time.monotonic()
