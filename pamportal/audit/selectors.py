@@ -58,13 +58,14 @@ def audit_event_list(
     return events
 
 
-def audit_event_page(filters: dict, number, *, per_page: int) -> Page:
+def audit_event_page(filters: dict, number, *, per_page: int, head: tuple[int, str] | None = None) -> Page:
     """One page of ``audit_event_list(**filters)``. Unfiltered, the number of events is
     the chain head's position (positions run 1..head without gaps, events are never
-    deleted), so the pager costs no COUNT(*) over the whole audit table."""
+    deleted), so the pager costs no COUNT(*) over the whole audit table. ``head``: the
+    head the caller already read (one read for the page and its badge)."""
     paginator = Paginator(audit_event_list(**filters), per_page)
     if not filters:
-        paginator.count = audit_head()[0]  # Paginator.count is a cached_property
+        paginator.count = (head or audit_head())[0]  # Paginator.count is a cached_property
     return paginator.get_page(number)
 
 
@@ -194,13 +195,13 @@ def audit_event_hash_matches(event: AuditEvent) -> bool:
     return own_hash == event.hash
 
 
-def audit_trail_facts() -> dict:
+def audit_trail_facts(head: tuple[int, str] | None = None) -> dict:
     """The badge and the key: how far the chain is verified, the latest checkpoint and
     the public key that signs checkpoints and exports."""
     key = active_public_key()
     return {
         "chain_status": AuditChainStatus.objects.filter(pk=1).first(),
-        "head_position": audit_head()[0],
+        "head_position": (head or audit_head())[0],
         "checkpoint": AuditCheckpoint.objects.order_by("-time").first(),
         "signing_key": key,
         "signing_key_pem": public_pem(key.public_key) if key else "",

@@ -42,12 +42,15 @@ _CONTENT_TYPES = {"csv": "text/csv; charset=utf-8", "jsonl": "application/jsonl;
 @require_capability("audit.view")
 def event_list(request):
     form = AuditFilterForm(request.GET or None)
-    page = audit_event_page(form.filters(), request.GET.get("page"), per_page=PAGE_SIZE)
+    partial = htmx_partial(request)
+    filters = form.filters()
+    head = audit_head() if not (partial and filters) else None  # read once: the pager and the badge
+    page = audit_event_page(filters, request.GET.get("page"), per_page=PAGE_SIZE, head=head)
     context = {"form": form, "page": page}
     # The filter form and the pager swap only the table when htmx is there.
-    if htmx_partial(request):
+    if partial:
         return render(request, "audit/_table.html", context)
-    context.update(audit_trail_facts())
+    context.update(audit_trail_facts(head))
     context["export_form"] = ExportForm()
     context["exports"] = list(AuditExport.objects.select_related("job")[:10])
     return render(request, "audit/list.html", context)

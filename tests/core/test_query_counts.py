@@ -27,7 +27,7 @@ AUDIT_EVENTS = 2_000
 PAGES = {
     "nodes:dashboard": 10,
     "cluster:overview": 11,
-    "audit:list": 13,
+    "audit:list": 12,
     "jobs:list": 8,
     "preflight:list": 8,
     "licensing:detail": 7,
