@@ -16,7 +16,9 @@ from pamportal.accounts.roles import has_capability
 from pamportal.nodes.selectors import node_address, node_current
 
 from . import connections
+from .database_view import DatabaseMember, DatabaseStatus, patroni_status
 from .etcd import EtcdException
+from .local_etcd import member_name
 from .models import (
     LIVE_MEMBER_STATES,
     OPEN_REQUEST_STATES,
@@ -141,6 +143,8 @@ class MemberView:
     etcd_state: str = "unknown"  # voting, learner, not started, absent, unknown
     etcd_health: bool | None = None
     etcd_detail: str = ""
+    etcd_name: str = ""
+    database: DatabaseMember | None = None  # Patroni's view of the member, matched by name
     x: int = 0
     y: int = 0
 
@@ -168,6 +172,9 @@ class ClusterOverview:
     recommended_minimum: int = 3
     diagram_size: int = 360
     links: list[tuple[int, int, int, int]] = field(default_factory=list)
+    database: DatabaseStatus | None = None
+    # PostgreSQL members Patroni lists that match no member above (by name)
+    database_unmatched: list[DatabaseMember] = field(default_factory=list)
 
 
 def _layout(views: list[MemberView], size: int) -> list[tuple[int, int, int, int]]:
@@ -254,17 +261,27 @@ def cluster_overview(*, timeout: float = 2.0) -> ClusterOverview:
                 view.etcd_state = "absent"
                 continue
             view.etcd_id = found.hex_id
+            view.etcd_name = found.name
             view.etcd_state = "learner" if found.is_learner else ("voting" if found.started else "not started")
             if found.client_urls:
                 view.etcd_health, view.etcd_detail = status.health[found.client_urls[0]]
     if voting is None:
         voting = sum(1 for v in views if v.member.state == MemberState.ACTIVE)
+    database = patroni_status(timeout=timeout)
+    unmatched = []
+    if database.ok:
+        # Patroni's member is named as the node's etcd member (replication.local).
+        for view in views:
+            view.database = database.member_named(
+                view.etcd_name or view.member.etcd_name or member_name(view.member.address))
+        matched = {v.database.name for v in views if v.database is not None}
+        unmatched = [m for m in database.members if m.name not in matched]
     size = 360
     links = _layout(views, size)
     return ClusterOverview(members=views, etcd_ok=status.ok, etcd_detail=status.detail, voting=voting,
                            tolerance=failure_tolerance(voting),
                            tolerance_after_removal=failure_tolerance(max(0, voting - 1)),
-                           diagram_size=size, links=links)
+                           diagram_size=size, links=links, database=database, database_unmatched=unmatched)
 
 
 def removable_members() -> QuerySet[ClusterMember]:
@@ -346,6 +363,12 @@ class NodeStanding:
     @property
     def is_follower(self) -> bool:
         return self.role == "follower"  # NodeRole.FOLLOWER
+
+    @property
+    def database(self) -> DatabaseStatus:
+        """Who leads the cluster's database, as Patroni says (cached: ``patroni_status``);
+        read only where a page asks."""
+        return patroni_status()
 
 
 def node_standing(*, role: str | None = None) -> NodeStanding:

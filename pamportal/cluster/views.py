@@ -61,7 +61,8 @@ def overview(request):
         return _removed_page(request, removal)
     standing = selectors.node_standing()
     if standing.is_follower:
-        return render(request, "cluster/overview.html", {"standing": standing})
+        # A replica's console still says who leads the cluster's database (Patroni's view).
+        return render(request, "cluster/overview.html", {"standing": standing, "database": standing.database})
     overview = selectors.cluster_overview()
     removing = selectors.open_removal_member_ids()
     status = selectors.etcd_status()  # the cached read cluster_overview just made
@@ -73,6 +74,7 @@ def overview(request):
     return render(request, "cluster/overview.html", {
         "standing": standing,
         "overview": overview,
+        "database": overview.database,
         "removing": removing,
     })
 
