@@ -19,6 +19,7 @@ from django.utils import timezone
 
 from pamportal.core.files import write_private
 from pamportal.crypto import ed25519
+from pamportal.crypto import mek as mek_format
 from pamportal.crypto.ed25519 import key_id_of, public_pem  # noqa: F401 (part of this module's interface)
 from pamportal.nodes import keystore
 
@@ -144,6 +145,35 @@ def signing_key_rotate() -> SigningKey:
     except FileNotFoundError:
         pass
     return signing_key_load()
+
+
+def signing_keys_reseal(*, old_mek: bytes, new_mek: bytes | None) -> dict[str, int]:
+    """Inside the caller's transaction, before the node's MEK file changes: move every
+    audit signing key sealed under ``old_mek`` to ``new_mek``, so the trail's signatures
+    outlive a change of MEK. Without a new MEK (the node forgets a MEK it held only for
+    a join) the active key goes back to its 0600 file, where it lives before a node has
+    a MEK, and is sealed again under the next MEK; a retired key loses its private part,
+    which nothing uses again (its checkpoints are checked with its public key). The rows
+    stay locked until the caller commits, so no other process seals a key meanwhile."""
+    counts = {"resealed": 0, "to_file": 0, "retired_dropped": 0, "unreadable": 0}
+    for row in AuditSigningKey.objects.select_for_update().exclude(sealed_private="").order_by("pk"):
+        try:
+            raw = mek_format.unseal(old_mek, PURPOSE, row.sealed_private)
+        except mek_format.UnsealError:
+            counts["unreadable"] += 1  # not under this MEK: nothing this change can save or lose
+            continue
+        if new_mek is not None:
+            row.sealed_private = mek_format.seal(new_mek, PURPOSE, raw)
+            counts["resealed"] += 1
+        elif row.retired_at is None:
+            write_private(conf.signing_key_path(), raw)
+            row.sealed_private = ""
+            counts["to_file"] += 1
+        else:
+            row.sealed_private = ""
+            counts["retired_dropped"] += 1
+        row.save(update_fields=["sealed_private"])
+    return counts
 
 
 def public_keys() -> list[AuditSigningKey]:

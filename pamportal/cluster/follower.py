@@ -9,6 +9,7 @@ MEK, which is installed once it has opened the bundle (so it is the cluster's).
 
 from __future__ import annotations
 
+import hmac
 import json
 import socket
 import ssl
@@ -34,7 +35,7 @@ from pamportal.jobs.registry import JobKind, StepSpec, register
 from pamportal.jobs.services import job_create
 from pamportal.nodes import keys, keystore
 from pamportal.nodes import services as node_services
-from pamportal.nodes.models import Node, NodeRole
+from pamportal.nodes.models import Certificate, Node, NodeRole
 from pamportal.preflight import conf as preflight_conf
 from pamportal.preflight.checks import check_address_self
 
@@ -43,6 +44,7 @@ from . import local_etcd, protocol
 from .etcd_process import certificate_addresses
 from .follower_models import FollowerJoin, JoinState
 from .follower_selectors import join_current
+from .removed import cluster_files_wipe
 
 FOLLOW_KIND = "cluster.follow"
 CLOCK_LIMIT_SECONDS = 2.0
@@ -83,27 +85,71 @@ def join_bundle_open(*, user, data: bytes, mek_text: str, own_address: str) -> F
     except bundle_format.BundleError as error:
         raise JoinRefused(error.code, error.message, target=f"bundle:{error.bundle_id or 'unknown'}") from None
     current = join_current()
-    if current is not None and current.state not in (JoinState.FAILED, JoinState.OPENED, JoinState.CHECKED):
+    if current is not None and current.state not in RESTARTABLE_STATES:
         raise JoinRefused("join_under_way", "A join is already under way on this node; follow it on its page.",
                           target="join:bundle")
-    if keystore.mek_exists():
-        if not keystore.mek_matches(key):
-            raise JoinRefused("other_mek", "This node already holds another Master Encryption Key.",
-                              target="join:bundle")
-    else:
-        keystore.mek_install(key)
+    replacing = keystore.mek_exists() and not keystore.mek_matches(key)
+    binding = keys.mek_binding() if replacing else ""
+    if binding:
+        raise JoinRefused("other_mek", f"This node already holds another Master Encryption Key, and {binding}. "
+                          f"{_OTHER_MEK_WAY.get(binding.split()[0], '')}", target="join:bundle")
+    if current is not None and current.state != JoinState.FAILED:
+        # An unsent join this bundle takes the place of: ended, as "start again" would.
+        _discard(current, reason=f"Replaced by bundle {opened.bundle_id}, opened by {user.get_username()}.")
+    if replacing:
+        # The node held that key only for now (an ended or unsent join, the wizard's
+        # key before finalise, a cluster's key kept after a wipe): the audit signing key
+        # moves to the cluster's MEK, the rest sealed under the old one is destroyed.
+        details = keys.mek_change_prepare(
+            new_key=key, reason=f"replaced by the MEK of cluster {opened.cluster_id} (bundle {opened.bundle_id})")
+        audit_record(action=AuditAction.MEK_DISCARDED, target=f"bundle:{opened.bundle_id}", details=details)
     join = FollowerJoin.objects.create(
         created_by=user.get_username(), own_address=opened.follower_address,
         leader_address=opened.leader_address, leader_ports=opened.leader_ports.as_dict(),
         leader_version=opened.leader_version, cluster_id=opened.cluster_id, bundle_id=opened.bundle_id,
         ca_cert_pem=opened.ca_cert_pem, bundle_expires=opened.expires,
-        sealed_join_token=keystore.seal(purpose=_TOKEN, data=opened.join_token.encode()),
+        # Sealed under the typed key: the key file takes it last, below.
+        sealed_join_token=mek_format.seal(key, _TOKEN, opened.join_token.encode()),
         mek_fingerprint=mek_format.fingerprint(key),
     )
     audit_record(action=AuditAction.JOIN_BUNDLE_OPENED, target=f"bundle:{opened.bundle_id}",
                  details={"leader": opened.leader_address, "cluster_id": opened.cluster_id,
-                          "own_address": opened.follower_address})
+                          "own_address": opened.follower_address, "mek_replaced": bool(replacing)})
+    # Last: a failure writing the key file rolls the join and its events back.
+    keys.mek_change_files(new_key=key)
     return join
+
+
+# What an operator can do when the MEK this node holds is bound (``keys.mek_binding``),
+# by the first word of the binding.
+_OTHER_MEK_WAY = {
+    "this": "Open a bundle of the cluster whose certificates this node holds, with that cluster's MEK; or, once "
+            "that cluster has removed this node, wipe its cluster state and start again.",
+    "a": "Follow that join on its page: once the leader ends it (denied, expired, failed), another bundle can be "
+         "opened with another MEK.",
+}
+
+
+def _forget_join_mek(join: FollowerJoin, *, reason: str) -> bool:
+    """Inside the caller's transaction, last: forget the MEK this join brought to the
+    node, now that the join ended without joining, so that a bundle of another cluster
+    opens with its own MEK. Kept when the node holds it for anything else: its own
+    (the wizard's, or kept after a wipe), or bound (``keys.mek_binding``)."""
+    node = Node.objects.filter(pk=Node.SINGLETON_PK).first()
+    if node is not None and node.mek_fingerprint:
+        return False
+    if keys.mek_binding():
+        return False
+    try:
+        held = keystore.mek_load()
+    except keystore.MekMissing:
+        return False
+    if not hmac.compare_digest(mek_format.fingerprint(held), join.mek_fingerprint):
+        return False
+    details = keys.mek_change_prepare(new_key=None, reason=reason)
+    audit_record(action=AuditAction.MEK_DISCARDED, target=f"bundle:{join.bundle_id}", details=details)
+    keys.mek_change_files(new_key=None)
+    return True
 
 
 # States in which nothing has reached the leader yet (or the leader ended the request):
@@ -124,16 +170,25 @@ def join_discard(*, user) -> FollowerJoin | None:
         raise JoinRefused("join_pending", "The leader holds this node's join request; it cannot be discarded here. "
                           "Ask the approvers on the leader to deny it, or wait until it expires.",
                           target=f"bundle:{join.bundle_id}")
+    _discard(join, reason=DISCARDED_REASON.format(user=user.get_username()))
+    # The MEK came with this join: a bundle of another cluster brings its own.
+    _forget_join_mek(join, reason=f"forgotten with the join of bundle {join.bundle_id}, discarded by "
+                                  f"{user.get_username()}")
+    return join
+
+
+def _discard(join: FollowerJoin, *, reason: str) -> None:
+    """Inside the caller's transaction: end an unsent (or ended) join and destroy its
+    secrets; audited."""
     if join.state != JoinState.FAILED:
         join.state = JoinState.FAILED
-        join.failure_reason = DISCARDED_REASON.format(user=user.get_username())
-    # The bundle's token and the unsent key are of no further use.
-    join.sealed_join_token = ""
-    join.sealed_node_key = "" if not join.request_id else join.sealed_node_key
-    join.save(update_fields=["state", "failure_reason", "sealed_join_token", "sealed_node_key", "updated_at"])
+        join.failure_reason = reason
+    # The bundle's token, the poll secret and the key are of no further use.
+    join.sealed_join_token = join.sealed_poll_secret = join.sealed_node_key = ""
+    join.save(update_fields=["state", "failure_reason", "sealed_join_token", "sealed_poll_secret", "sealed_node_key",
+                             "updated_at"])
     audit_record(action=AuditAction.JOIN_DISCARDED, target=f"bundle:{join.bundle_id}",
                  details={"leader": join.leader_address, "sent": bool(join.request_id)})
-    return join
 
 
 # --- 2. preflight against the leader -----------------------------------------------------
@@ -342,13 +397,38 @@ def _finish(join: FollowerJoin) -> None:
                      details={"leader": join.leader_address, "request_id": join.request_id})
 
 
+def _handover_undo(join: FollowerJoin) -> list[str]:
+    """Inside the caller's transaction: the leader undoes a failed join (removes the
+    member, revokes the certificate it signed), so this node undoes its half of the
+    handover: the certificates it installed stay only as replaced rows (evidence), the
+    node is no follower and no longer records the cluster's MEK as its own; once this
+    commits the console gets a self-signed certificate again. Returns the serials."""
+    now = timezone.now()
+    current = Certificate.objects.filter(replaced_at__isnull=True)
+    serials = list(current.values_list("serial", flat=True))
+    current.update(replaced_at=now)
+    node = Node.objects.select_for_update().filter(pk=Node.SINGLETON_PK).first()
+    if node is not None and node.finalised_at is None:
+        node.role = NodeRole.STANDALONE
+        if node.mek_fingerprint == join.mek_fingerprint and node.mek_generated_at is None:
+            node.mek_fingerprint = ""
+        node.save()
+    transaction.on_commit(cluster_files_wipe)
+    return serials
+
+
 def _fail(join: FollowerJoin, reason: str) -> None:
     with transaction.atomic():
+        undone = _handover_undo(join) if join.state == JoinState.JOINING else []
         join.state = JoinState.FAILED
         join.failure_reason = reason
         join.save(update_fields=["state", "failure_reason", "updated_at"])
         audit_record(action=AuditAction.JOIN_FAILED, target=f"node:{join.own_address}", outcome=Outcome.FAILED,
-                     details={"reason": reason, "request_id": join.request_id})
+                     details={"reason": reason, "request_id": join.request_id,
+                              **({"certificates_kept_as_evidence": undone} if undone else {})})
+        # Ended without joining: the MEK it brought goes, so that a bundle of another
+        # cluster opens with its own (kept if the node holds it for anything else).
+        _forget_join_mek(join, reason=f"forgotten with the join of bundle {join.bundle_id}, which failed")
     local_etcd.local_member_forget()
 
 

@@ -374,8 +374,11 @@ def cluster_state_wipe(*, user, confirmation: str) -> NodeRemoval:
     as a standalone server or join with a new bundle. The certificates stay as rows
     (marked replaced: the revoked one is evidence), the console gets a self-signed
     certificate, the cluster CA file, the etcd member and its data go, and the node is
-    no longer finalised. The MEK stays: the audit signing key is sealed under it, and
-    a rejoin of the same cluster needs it anyway."""
+    no longer finalised. The MEK stays (the audit signing key is sealed under it, and a
+    rejoin of the same cluster needs it), but no longer binds the node: a bundle of
+    another cluster replaces it, and the setup wizard keeps it when typed back or
+    discards it for a new one; either way the audit signing key is re-sealed, not lost
+    (``nodes.keys.mek_change_prepare``)."""
     removal = NodeRemoval.objects.select_for_update().filter(wiped_at__isnull=True).order_by("-pk").first()
     if removal is None:
         raise _wipe_refused("not_removed", "This node has not been removed from a cluster; there is nothing to wipe.")
@@ -406,11 +409,11 @@ def cluster_state_wipe(*, user, confirmation: str) -> NodeRemoval:
     audit_record(action=AuditAction.NODE_CLUSTER_STATE_WIPED, target=_target(removal),
                  details={**_told_details(removal), "certificates_kept_as_evidence": [
                      {"kind": kind, "serial": serial} for kind, serial in replaced]})
-    transaction.on_commit(_wipe_files)
+    transaction.on_commit(cluster_files_wipe)
     return removal
 
 
-def _wipe_files() -> None:
+def cluster_files_wipe() -> None:
     """The files of the wiped cluster state: the etcd member (configuration and data),
     the cluster CA file (``serve`` then stops the cluster listeners), and the console's
     certificate, replaced by a self-signed one as on first boot."""

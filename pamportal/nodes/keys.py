@@ -6,11 +6,13 @@ under it. The key file itself is ``keystore``'s; the database keeps a fingerprin
 from __future__ import annotations
 
 import hmac
+import os
 import re
 from dataclasses import dataclass
 from datetime import datetime
 
 from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone
 from django.views.decorators.debug import sensitive_variables
 
@@ -41,12 +43,12 @@ def mek_generate(*, user) -> Node:
     refuse_unless_due(node, "mek")
     if node.mek_fingerprint:
         raise StepRefused("This node already has a Master Encryption Key; discard it first to generate a new one.")
-    if keystore.mek_exists():
-        # Left by an attempt whose transaction did not commit (or a discard whose
-        # removal did not run): nothing can have been sealed with it.
-        if Certificate.objects.exists():
-            raise StepRefused("A key file exists and secrets are sealed with it; it cannot be replaced.")
-        keystore.mek_remove()
+    # A key file without a fingerprint: a join's (unsent, or ended), or one left by an
+    # attempt that did not commit. Replaced below unless something still needs it.
+    replacing = keystore.mek_exists()
+    binding = mek_binding() if replacing else ""
+    if binding:
+        raise StepRefused(f"A key file exists and {binding}; it cannot be replaced.")
     key = mek.generate()
     node.mek_fingerprint = mek.fingerprint(key)
     node.mek_generated_at = timezone.now()
@@ -56,8 +58,12 @@ def mek_generate(*, user) -> Node:
         action=AuditAction.MEK_GENERATED, target=f"node:{node.address}",
         details={"fingerprint": mek_short(node.mek_fingerprint), "bits": mek.MEK_BYTES * 8},
     )
+    if replacing:
+        details = mek_change_prepare(new_key=key, reason="a new key generated at the setup wizard's MEK step")
+        if details:
+            audit_record(action=AuditAction.MEK_DISCARDED, target=f"node:{node.address}", details=details)
     # Last: a failure writing the file rolls the row and its audit event back.
-    keystore.mek_install(key)
+    mek_change_files(new_key=key)
     return node
 
 
@@ -80,6 +86,8 @@ def mek_reveal(*, user) -> str | None:
     node = node_locked()
     if node.finalised_at is not None or not node.mek_fingerprint or node.mek_shown_at or node.mek_confirmed_at:
         return None
+    if node.mek_generated_at is None:
+        return None  # a key this node kept (a cluster's, after a wipe) was never its to show
     key = mek_of_node(node)
     node.mek_shown_at = timezone.now()
     node.save(update_fields=["mek_shown_at", "updated_at"])
@@ -126,6 +134,10 @@ def mek_download(*, user) -> MekDownload:
         confirmed="The Master Encryption Key can no longer be downloaded: your copy has been confirmed.",
         missing="There is no Master Encryption Key to download; generate one first.",
     )
+    if not refusal and node.mek_generated_at is None:
+        refusal = ("This node keeps the Master Encryption Key of the cluster it was removed from; it was not "
+                   "generated here and is not offered for download. Type it from your copy, or discard it and "
+                   "generate a new one.")
     if not refusal and node.mek_downloaded_at is not None:
         refusal = (
             f"The Master Encryption Key was already downloaded at {node.mek_downloaded_at:%Y-%m-%d %H:%M:%S} UTC; "
@@ -197,8 +209,9 @@ def mek_discard(*, user) -> StepResult:
         confirmed="Your copy of the key is confirmed; the key can no longer be discarded.",
         missing="There is no key to discard.",
     )
-    if not refusal and Certificate.objects.exists():
-        refusal = "Secrets are sealed with this key; it cannot be discarded."
+    binding = "" if refusal else mek_binding()
+    if binding:
+        refusal = f"This key cannot be discarded: {binding}."
     if refusal:
         audit_record(action=AuditAction.MEK_DISCARDED, target=f"node:{node.address}", outcome=Outcome.DENIED, details={"reason": refusal})
         return StepResult(ok=False, message=refusal)
@@ -206,10 +219,12 @@ def mek_discard(*, user) -> StepResult:
     node.mek_fingerprint = ""
     node.mek_generated_at = node.mek_shown_at = node.mek_downloaded_at = None
     node.save()
-    audit_record(action=AuditAction.MEK_DISCARDED, target=f"node:{node.address}", details={"fingerprint": mek_short(old)})
-    # After commit: should the removal not happen, the next "generate" removes the
-    # orphaned file, which has no fingerprint and seals nothing.
-    transaction.on_commit(keystore.mek_remove)
+    # What was sealed under it (the audit signing key, after a wipe the replaced
+    # certificates' keys) is moved off it or destroyed before the file goes.
+    details = mek_change_prepare(new_key=None, reason="discarded at the setup wizard's MEK step")
+    audit_record(action=AuditAction.MEK_DISCARDED, target=f"node:{node.address}",
+                 details={**details, "fingerprint": mek_short(old)})
+    mek_change_files(new_key=None)
     return StepResult(ok=True, message="The key was discarded. Generate a new one.")
 
 
@@ -231,6 +246,110 @@ def mek_check(*, user, typed: str) -> StepResult:
     if reason:
         return StepResult(ok=False, message=message)
     return StepResult(ok=True, message="That is this node's Master Encryption Key.")
+
+
+# --- a key held only for now: replaced, or forgotten ------------------------------------
+# Joins whose request reached the leader, or that made this node a member: the MEK is
+# the cluster's and the leader holds a request proved with it.
+BOUND_JOIN_STATES = ("requested", "joining", "joined")
+
+
+def mek_binding() -> str:
+    """Why the MEK in this node's key file must stay as it is ("" when the node holds it
+    only for now: a join's key before its request is sent or after the join ended, the
+    wizard's key before finalise, a cluster's key kept after a wipe)."""
+    from pamportal.cluster.follower_models import FollowerJoin  # the cluster app builds on this one
+
+    if Node.objects.filter(pk=Node.SINGLETON_PK, finalised_at__isnull=False).exists():
+        return "this node's setup is finalised with it"
+    if Certificate.objects.filter(replaced_at__isnull=True).exists():
+        return "this node's current certificates are sealed with it"
+    if FollowerJoin.objects.filter(state__in=BOUND_JOIN_STATES).exists():
+        return "a join request proved with it is with the leader"
+    return ""
+
+
+@sensitive_variables()
+def mek_change_prepare(*, new_key: bytes | None, reason: str) -> dict:
+    """Inside the caller's transaction, before ``mek_change_files``: move what is sealed
+    under the MEK in the key file off it, so the file can be replaced by ``new_key`` or
+    removed (``new_key`` None). The audit signing keys are re-sealed under the new key
+    (without one the active key goes back to its file); the private keys of replaced
+    certificates (evidence only) and the secrets of joins not with the leader are
+    destroyed, such a join still open is ended; the node's own record of the key goes
+    if it was this one. Refused (``StepRefused``) while the key is bound (see
+    ``mek_binding``). Returns the details for the caller's audit event ({} without a
+    key file)."""
+    from pamportal.audit import signing
+    from pamportal.cluster.follower_models import FollowerJoin, JoinState
+
+    try:
+        old_key = keystore.mek_load()
+    except keystore.MekMissing:
+        return {}
+    binding = mek_binding()
+    if binding:
+        raise StepRefused(f"This node's Master Encryption Key cannot be replaced: {binding}.")
+    old = mek.fingerprint(old_key)
+    moved = signing.signing_keys_reseal(old_mek=old_key, new_mek=new_key)
+    certificate_keys = Certificate.objects.filter(replaced_at__isnull=False).exclude(sealed_key="").update(sealed_key="")
+    joins = FollowerJoin.objects.select_for_update().exclude(state__in=BOUND_JOIN_STATES)
+    ended = 0
+    for join in joins.filter(state__in=(JoinState.OPENED, JoinState.CHECKED)):
+        join.state, join.failure_reason = JoinState.FAILED, f"Ended: this node's Master Encryption Key was {reason}."
+        join.save(update_fields=["state", "failure_reason", "updated_at"])
+        ended += 1
+    join_secrets = joins.filter(~Q(sealed_join_token="") | ~Q(sealed_poll_secret="") | ~Q(sealed_node_key="")).update(
+        sealed_join_token="", sealed_poll_secret="", sealed_node_key="")
+    node = Node.objects.select_for_update().filter(pk=Node.SINGLETON_PK).first()
+    if node is not None and node.mek_fingerprint and hmac.compare_digest(node.mek_fingerprint, old):
+        node.mek_fingerprint = ""
+        node.mek_generated_at = node.mek_shown_at = node.mek_downloaded_at = node.mek_confirmed_at = None
+        node.save()
+    return {"fingerprint": mek_short(old), "reason": reason,
+            "replaced_by": mek_short(mek.fingerprint(new_key)) if new_key is not None else "",
+            "audit_keys": moved, "certificate_keys_destroyed": certificate_keys,
+            "join_secrets_destroyed": join_secrets, "joins_ended": ended}
+
+
+def mek_change_files(*, new_key: bytes | None) -> None:
+    """Last in the caller's transaction (after ``mek_change_prepare``): put ``new_key``
+    in the key file (none: no key file). The old file is moved aside first and put back
+    if writing the new one fails; once the transaction commits it is overwritten and
+    removed."""
+    path = keystore.mek_path()
+    try:
+        old_key = path.read_bytes()
+    except FileNotFoundError:
+        if new_key is not None:
+            keystore.mek_install(new_key)
+        return
+    if new_key is not None and hmac.compare_digest(old_key, new_key):
+        return
+    # Named after the key, so an aside left by a change that did not commit is never
+    # overwritten by the next one.
+    aside = path.with_name(f".{path.name}.{mek.fingerprint(old_key)[:16]}.old")
+    os.replace(path, aside)
+    try:
+        if new_key is not None:
+            keystore.mek_install(new_key)
+    except BaseException:
+        os.replace(aside, path)
+        raise
+    transaction.on_commit(lambda: _shred(aside))
+
+
+def _shred(path) -> None:
+    try:
+        with open(path, "r+b") as handle:
+            size = len(handle.read())
+            handle.seek(0)
+            handle.write(b"\0" * size)
+            handle.flush()
+            os.fsync(handle.fileno())
+        path.unlink()
+    except FileNotFoundError:
+        pass
 
 
 # --- certificates ----------------------------------------------------------------------
