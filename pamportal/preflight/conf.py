@@ -30,6 +30,7 @@ from django.conf import settings
 
 from pamportal.core.addresses import ntp_servers_parse
 from pamportal.core.config import setting
+from pamportal.replication.database import FOLLOWING_ENGINE
 
 from .checks import PreflightContext, Thresholds
 
@@ -84,7 +85,9 @@ def ports() -> dict[str, int]:
 
 def _postgres(db: dict | None = None) -> tuple[str, int]:
     db = settings.DATABASES["default"] if db is None else db
-    if "postgresql" not in db.get("ENGINE", ""):
+    engine = db.get("ENGINE", "")
+    # Django's PostgreSQL backend, or ours that follows database.json's member list.
+    if "postgresql" not in engine and engine != FOLLOWING_ENGINE:
         return "", 5432
     # libpq multi-host (database.json: "a,b" and "5432,5432"): the first member listed.
     host = str(db.get("HOST") or "127.0.0.1").split(",")[0].strip() or "127.0.0.1"

@@ -341,3 +341,5 @@ def test_the_postgres_check_takes_the_first_member_of_a_multi_host_database():
     assert conf._postgres(multi) == ("127.0.0.11", 5433)
     assert conf._postgres({"ENGINE": "django.db.backends.postgresql", "HOST": "db", "PORT": ""}) == ("db", 5432)
     assert conf._postgres({"ENGINE": "django.db.backends.sqlite3", "NAME": "x"}) == ("", 5432)
+    following = {"ENGINE": "pamportal.replication.backend", "HOST": "127.0.0.12,127.0.0.11", "PORT": "5432,5432"}
+    assert conf._postgres(following) == ("127.0.0.12", 5432)

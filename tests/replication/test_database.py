@@ -61,7 +61,9 @@ def test_database_file_wins_over_url_and_sqlite(tmp_path):
     files = tls(tmp_path)
     write(tmp_path, good())
     db = database.databases(data_dir=tmp_path, database_url=URL, **files)["default"]
-    assert db["ENGINE"] == "django.db.backends.postgresql"
+    # Django's PostgreSQL backend that re-reads the member list per connection (test_backend.py)
+    assert db["ENGINE"] == "pamportal.replication.backend"
+    assert db["HOSTS_FILE"] == str(tmp_path / "database.json")
     assert (db["HOST"], db["PORT"], db["NAME"], db["USER"], db["PASSWORD"]) == (
         "127.0.0.54,node2.example.com", "5432,5433", "pamportal", "pamportal", "")
     assert db["OPTIONS"] == {
@@ -163,7 +165,7 @@ def test_settings_use_the_file_and_stop_on_a_corrupt_one(tmp_path):
     write(tmp_path, good())
     ok = _settings_in_subprocess(tmp_path, {"DATABASE_URL": URL})
     assert ok.returncode == 0, ok.stderr
-    assert ok.stdout.split() == ["django.db.backends.postgresql", "127.0.0.54,node2.example.com"]
+    assert ok.stdout.split() == ["pamportal.replication.backend", "127.0.0.54,node2.example.com"]
 
     write(tmp_path, "{truncated")
     broken = _settings_in_subprocess(tmp_path)
