@@ -8,6 +8,18 @@ Creates a database of its own (dropped afterwards) and prints:
   * ``audit_verify`` events per second over 1,000,000 events, against streaming the
     same rows with no hashing.
 Aims (issue 2): >= 2,000 appends/s with one writer, >= 200,000 verified events/s.
+
+    .venv/bin/python bench/audit.py --replicated
+
+Instead (no DATABASE_URL needed): the replicated row of issue 11. Two etcd members and
+two Patroni-managed PostgreSQL 15 members on 127.0.0.84-85 (tests/replication's Lab:
+TLS, cluster-CA certificates, synchronous_mode), Django on them as a moved node is
+(``database.json``, libpq multi-host). Audit appends/s, 1 and 8 writer processes, on
+r1 alone (single node), then with r2 streaming as its synchronous standby
+(``pg_stat_replication.sync_state = 'sync'`` checked before and after), then on r1
+alone again: the same primary, the same PostgreSQL settings, the same machine, in the
+same run. Aim (issue 11): replicated >= 0.5x single node. Needs etcd, PostgreSQL 15
+and Patroni's venv (tools/patroni_env.sh); says which is missing otherwise.
 """
 
 from __future__ import annotations
@@ -75,8 +87,9 @@ def worker_main(args) -> None:
     print(json.dumps({"start": start, "end": end}))
 
 
-def appends_per_second(env: dict[str, str], kind: str, writers: int, per_writer: int) -> float:
-    if writers == 1:
+def appends_per_second(env: dict[str, str], kind: str, writers: int, per_writer: int, *,
+                       in_process: bool = True) -> float:
+    if writers == 1 and in_process:
         start, end = _append_loop(kind, per_writer)
         return per_writer / (end - start)
     start_at = time.time() + 4
@@ -136,7 +149,8 @@ def main() -> None:
     from tests.support.node import NodeEnv, using_postgres
 
     if not using_postgres():
-        raise SystemExit("bench/audit.py needs DATABASE_URL pointing at PostgreSQL")
+        raise SystemExit("bench/audit.py needs DATABASE_URL pointing at PostgreSQL "
+                         "(or --replicated: single Patroni member against a synchronous replica)")
     with tempfile.TemporaryDirectory(prefix="pamportal-bench-") as tmp:
         node = NodeEnv(Path(tmp) / "node")
         try:
@@ -198,8 +212,101 @@ def main() -> None:
             node.stop()
 
 
+REPLICATED_ADDRESSES = {"r1": "127.0.0.84", "r2": "127.0.0.85"}
+REPLICATED_AIM = 0.5
+
+
+def _sync_rows(lab, leader: str) -> list[tuple[str, ...]]:
+    out = lab.superuser_sql(leader, "SELECT application_name, state, sync_state FROM pg_stat_replication ORDER BY 1")
+    return [tuple(line.split("|")) for line in out.splitlines() if line]
+
+
+def replicated_main(one: int, per_writer: int) -> None:
+    """The replicated row: single node, then a synchronous standby, then single again."""
+    import logging
+    import shutil
+
+    root = Path(tempfile.mkdtemp(prefix="pam-bench-audit-repl-"))
+    os.environ["DJANGO_SETTINGS_MODULE"] = "pamportal.settings_test"  # this process only starts the lab
+    os.environ["PAM_DATA_DIR"] = str(root / "scratch")
+    os.environ.pop("DATABASE_URL", None)
+    import django
+
+    django.setup()
+    logging.getLogger("pamportal.replication").setLevel(logging.WARNING)
+    from bench.failover import cluster_data_dir, django_env, manage
+    from tests.replication.support import Lab, missing_tools, wait_until
+
+    missing = missing_tools()
+    if missing:
+        shutil.rmtree(root, ignore_errors=True)
+        raise SystemExit(f"bench/audit.py --replicated cannot run here: {missing}")
+    lab = Lab(root / "lab", addresses=REPLICATED_ADDRESSES)
+    try:
+        lab.etcd_start()
+        lab.member_start("r1")
+        lab.wait_leader("r1", "r1", timeout=120)
+        wait_until(lambda: lab.connect("r1").execute("SELECT 1").fetchone(), 60, what="the application role on r1",
+                   log=lambda: lab.log("r1"))
+        env = django_env(cluster_data_dir(lab, root / "node", list(REPLICATED_ADDRESSES)))
+        manage(env, "migrate", "--verbosity", "0", "--skip-checks")
+        shown = lab.superuser_sql("r1", "SELECT string_agg(name || '=' || setting, ' ' ORDER BY name) FROM pg_settings "
+                                        "WHERE name IN ('fsync', 'synchronous_commit', 'wal_sync_method', "
+                                        "'shared_buffers', 'wal_level')")
+
+        def measure(label: str) -> dict[int, float]:
+            figures = {}
+            for writers, count in ((1, one), (8, per_writer)):
+                figures[writers] = appends_per_second(env, "audit", writers, count, in_process=False)
+            standby = lab.superuser_sql("r1", "SHOW synchronous_standby_names") or "(none)"
+            print(f"  {label:<28} 1 writer {figures[1]:7,.0f}/s   8 writers {figures[8]:7,.0f}/s   "
+                  f"synchronous_standby_names {standby}", flush=True)
+            return figures
+
+        print(f"r1 alone on {REPLICATED_ADDRESSES['r1']}: {shown}")
+        single = measure("r1 alone")
+
+        lab.member_start("r2")
+        lab.wait_sync_standby("r1", "r2", timeout=180)
+        rows = wait_until(lambda: _sync_rows(lab, "r1") == [("r2", "streaming", "sync")] and _sync_rows(lab, "r1"),
+                          30, what="r2 as the sync standby in pg_stat_replication")
+        print(f"pg_stat_replication on r1 (application_name, state, sync_state): {rows}")
+        replicated = measure("r1 + r2 synchronous")
+        after = _sync_rows(lab, "r1")
+        if after != [("r2", "streaming", "sync")]:
+            raise SystemExit(f"r2 was not the sync standby all along: {after}")
+
+        lab.member_stop("r2")
+        wait_until(lambda: lab.superuser_sql("r1", "SHOW synchronous_standby_names") == "", 60,
+                   what="r1 back to no synchronous standby")
+        single_after = measure("r1 alone again")
+        verified = manage(env, "audit_verify", "--skip-checks").strip()
+
+        load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+        print(f"\n== audit appends (one transaction each): single node against a synchronous replica\n"
+              f"Patroni members on {', '.join(REPLICATED_ADDRESSES.values())} (TLS, libpq multi-host through Django); "
+              f"{os.cpu_count()} CPUs, load average {load} at the end (shared machine: expect noise)")
+        print(f"{'writers':<8} {'single /s':>10} {'sync replica /s':>16} {'single again /s':>16} {'ratio':>6}  aim >= {REPLICATED_AIM}x")
+        for writers in (1, 8):
+            base = (single[writers] + single_after[writers]) / 2
+            ratio = replicated[writers] / base
+            print(f"{writers:<8} {single[writers]:10,.0f} {replicated[writers]:16,.0f} {single_after[writers]:16,.0f} "
+                  f"{ratio:5.2f}x  {'met' if ratio >= REPLICATED_AIM else 'MISSED'}")
+        print("(ratio: sync replica against the mean of the two single-node runs)")
+        print(f"manage.py audit_verify: {verified}")
+    finally:
+        try:
+            lab.close()
+        finally:
+            shutil.rmtree(root, ignore_errors=True)
+
+
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
+    parser.add_argument("--replicated", action="store_true",
+                        help="single Patroni member against a synchronous replica (127.0.0.84-85) instead")
+    parser.add_argument("--appends", type=int, default=3000, help="with --replicated: appends of the one writer")
+    parser.add_argument("--per-writer", type=int, default=500, help="with --replicated: appends of each of 8 writers")
     parser.add_argument("--worker", action="store_true")
     parser.add_argument("--kind", choices=("audit", "plain"))
     parser.add_argument("--count", type=int)
@@ -207,5 +314,7 @@ if __name__ == "__main__":
     args = parser.parse_args()
     if args.worker:
         worker_main(args)
+    elif args.replicated:
+        replicated_main(args.appends, args.per_writer)
     else:
         main()
