@@ -140,7 +140,10 @@ def gunicorn_argv(layout: NodeLayout, port: int, workers: int, *extra: str) -> l
         layout.python, "-m", "gunicorn", "pamportal.wsgi:application",
         "--bind", layout.bind_to(port),
         "--certfile", str(layout.tls_cert), "--keyfile", str(layout.tls_key),
-        "--workers", str(workers), "--worker-class", "gthread", "--threads", "4",
+        # gunicorn's threaded worker, taking connections only with an idle thread
+        # (pamportal/core/gthread.py: clients connecting at once spread over the workers).
+        "--workers", str(workers), "--worker-class", "pamportal.core.gthread.BalancedThreadWorker",
+        "--threads", "4",
         "--timeout", "60", "--access-logfile", "-", "--forwarded-allow-ips=",
         # TLS 1.2 with forward secrecy and AEAD only (TLS 1.3 suites are all AEAD);
         # the chain, TLS 1.2 minimum and no Server banner: GUNICORN_CONFIG.
