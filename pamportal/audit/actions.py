@@ -113,6 +113,12 @@ class AuditAction(models.TextChoices):
     DATABASE_MOVE_STARTED = "database.move_started", "Move of the database to PostgreSQL started"
     DATABASE_MOVED = "database.moved", "Database moved to PostgreSQL"
     DATABASE_MOVE_FAILED = "database.move_failed", "Move of the database to PostgreSQL failed or refused"
+    # A join that makes the follower a replica of the cluster's database
+    JOIN_AUDIT_SEALED = "join.audit_sealed", "Pre-join audit trail sealed into a signed export"
+    JOIN_REPLICA_READY = "join.replica_ready", "Database replica bootstrapped from the leader"
+    JOIN_DATABASE_SWITCHED = "join.database_switched", "This node switched to the cluster's database"
+    CLUSTER_JOIN_REPLICA_READY = "cluster.join_replica_ready", "Joining node's database replica ready, its pre-join trail sealed"
+    CLUSTER_JOIN_REPLICA_FAILED = "cluster.join_replica_failed", "Joining node's database replica failed"
 
 
 # What the PDF report lists under "Approvals and votes": requests that need approval,

@@ -17,11 +17,13 @@ from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_POST
 
 from pamportal.nodes.selectors import node_address, node_current
+from pamportal.replication.join import database_replicated
 
 from . import conf, local_etcd, protocol, removed
+from .follower_models import JoinReplica
 from .models import Decision, RequestState
 from .refusals import ClusterRefused
-from .requests import join_refusal_record, join_request_create, join_request_for_poll
+from .requests import join_refusal_record, join_replica_report, join_request_create, join_request_for_poll
 
 
 def _refusal(code: str, message: str) -> JsonResponse:
@@ -86,7 +88,14 @@ def join_status_payload(join_request) -> dict:
         "expires_at": join_request.expires_at.isoformat(),
         "failure_reason": join_request.failure_reason,
         "handover": None,
+        "replica": {"wanted": False},
     }
+    replica = JoinReplica.objects.filter(request=join_request).first()
+    if replica is not None:
+        # The follower becomes a replica of the cluster's database once its etcd member
+        # votes (Patroni needs a voting member), then reports (``join_replica``).
+        data["replica"] = {"wanted": True, "promoted": replica.promoted_at is not None,
+                           "reported": replica.outcome or None}
     if join_request.state == RequestState.PENDING and join_request.expires_at <= timezone.now():
         data["state"] = RequestState.EXPIRED.value
     if join_request.handed_over_at is not None and join_request.state in (RequestState.RUNNING, RequestState.DONE):
@@ -98,6 +107,8 @@ def join_status_payload(join_request) -> dict:
             "etcd_member_id": join_request.etcd_member_id,
             "etcd_initial_cluster_state": "existing",
             "etcd_initial_cluster_token": local_etcd.handover_cluster_token(),
+            # The cluster's database: replicated (hosts to list, leader first) or not.
+            "database": {"replicated": replica is not None, "hosts": replica.hosts if replica is not None else []},
         }
     return data
 
@@ -123,7 +134,37 @@ def leader_time(request):
     level would tell anyone which fixes the leader lacks)."""
     now = timezone.now()
     return JsonResponse({"ok": True, "time": now.isoformat(), "epoch": now.timestamp(),
-                         "feature_version": protocol.feature_version(settings.PAM_VERSION)})
+                         "feature_version": protocol.feature_version(settings.PAM_VERSION),
+                         # so the follower can say, before the join is asked, that its own
+                         # accounts and trail will be replaced by the cluster's
+                         "replicated": database_replicated()})
+
+
+@csrf_exempt
+@never_cache
+@require_POST
+def join_replica(request, request_id):
+    """``POST api/setup/v1/join/<request_id>/replica`` with ``Authorization: Bearer
+    <poll_secret>``: the follower's database replica is ready (its pre-join head and the
+    digests of its signed export), or failed (the reason). Strict JSON."""
+    try:
+        declared = int(request.META.get("CONTENT_LENGTH") or "0")
+    except ValueError:
+        declared = 0
+    limit = protocol.REPLICA_MAX_BYTES
+    try:
+        if declared > limit:
+            raise protocol.ProtocolError("too_large", protocol.refusal_message("too_large", str(limit)))
+        report = protocol.parse_replica_report(protocol.loads_strict(request.read(limit + 1), max_bytes=limit))
+    except protocol.ProtocolError as error:
+        join_refusal_record(code=error.code, message=error.message, target=f"join-request:{request_id}",
+                            source_ip=_source_ip(request))
+        return _refusal(error.code, error.message)
+    try:
+        join_request = join_replica_report(public_id=request_id, poll_secret=_bearer(request), report=report)
+    except ClusterRefused as refused:
+        return _refusal(refused.code, refused.message)
+    return JsonResponse({"ok": True, "request_id": str(join_request.public_id), "outcome": report.outcome})
 
 
 @csrf_exempt

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hmac
 import json
+import logging
 import socket
 import ssl
 import time
@@ -38,14 +39,17 @@ from pamportal.nodes import services as node_services
 from pamportal.nodes.models import Certificate, Node, NodeRole
 from pamportal.preflight import conf as preflight_conf
 from pamportal.preflight.checks import check_address_self
+from pamportal.replication import join as replication_join
+from pamportal.replication import process as replication_process
 
 from . import conf as cluster_conf
 from . import local_etcd, protocol
 from .etcd_process import certificate_addresses
-from .follower_models import FollowerJoin, JoinState
+from .follower_models import FollowerJoin, JoinState, ReplicaState
 from .follower_selectors import join_current
 from .removed import cluster_files_wipe
 
+logger = logging.getLogger(__name__)
 FOLLOW_KIND = "cluster.follow"
 CLOCK_LIMIT_SECONDS = 2.0
 PROBE_TIMEOUT = 3.0
@@ -275,10 +279,12 @@ def join_preflight(*, user) -> FollowerJoin:
                               "point both at the same NTP servers"))
         # The leader tells only its major.feature (older leaders: the full version).
         leader_version = str(answer.get("feature_version") or answer.get("version") or join.leader_version)
+        replicated = answer.get("replicated") if isinstance(answer.get("replicated"), bool) else None
     except (OSError, ValueError, KeyError, TypeError) as error:
         results.append(_check("clock.leader-offset", "Clock within 2 s of the leader's", False, "no answer",
                               f"the leader's setup API did not answer over TLS pinned to the cluster CA: {error}"))
         leader_version = join.leader_version
+        replicated = None
     try:
         compatible = protocol.feature_version_compatible(leader_version, settings.PAM_VERSION)
     except ValueError:  # not a version at all
@@ -294,15 +300,36 @@ def join_preflight(*, user) -> FollowerJoin:
         ok, measured = _port_free(join.own_address, port)
         results.append(_check(f"port.{port}.free", f"This node's {title} port {port} free", ok, measured,
                               "free" if ok else f"port {port} on {join.own_address} is in use: {measured}"))
+    if replicated:
+        results += _replica_checks(join)
     passed = all(r["ok"] for r in results)
     with transaction.atomic():
         join.preflight = results
+        join.cluster_replicated = replicated
         join.state = JoinState.CHECKED if passed else JoinState.OPENED
-        join.save(update_fields=["preflight", "state", "updated_at"])
+        join.save(update_fields=["preflight", "cluster_replicated", "state", "updated_at"])
         audit_record(action=AuditAction.JOIN_PREFLIGHT, target=f"leader:{join.leader_address}",
                      outcome=Outcome.SUCCEEDED if passed else Outcome.FAILED,
                      details={"failed": [r["id"] for r in results if not r["ok"]]})
     return join
+
+
+def _replica_checks(join: FollowerJoin) -> list[dict]:
+    """The cluster's database is replicated: this node will run a PostgreSQL member
+    under Patroni, a replica of the leader's, so Patroni must be here and its ports free."""
+    results = []
+    try:
+        binary = replication_process.patroni_binary()
+        results.append(_check("replica.patroni", "Patroni installed (this node becomes a database replica)", True,
+                              str(binary), "installed"))
+    except replication_process.PatroniNotInstalled as error:
+        results.append(_check("replica.patroni", "Patroni installed (this node becomes a database replica)", False,
+                              "missing", str(error)))
+    for port, title in ((settings.PAM_POSTGRES_PORT, "PostgreSQL"), (settings.PAM_PATRONI_PORT, "Patroni REST API")):
+        ok, measured = _port_free(join.own_address, port)
+        results.append(_check(f"port.{port}.free", f"This node's {title} port {port} free", ok, measured,
+                              "free" if ok else f"port {port} on {join.own_address} is in use: {measured}"))
+    return results
 
 
 # --- 3. ask the leader ---------------------------------------------------------------------
@@ -376,9 +403,13 @@ def _apply_handover(join: FollowerJoin, handover: dict) -> None:
         node.mek_fingerprint = join.mek_fingerprint
         node.save()
         join.state = JoinState.JOINING
-        join.save(update_fields=["state", "updated_at"])
+        database = handover.get("database") or {}
+        if database.get("replicated"):
+            join.replica = {**join.replica, "hosts": list(database.get("hosts") or [])}
+        join.save(update_fields=["state", "replica", "updated_at"])
         audit_record(action=AuditAction.JOIN_HANDOVER_APPLIED, target=f"node:{join.own_address}",
-                     details={"etcd_member": handover.get("etcd_member_name", "")})
+                     details={"etcd_member": handover.get("etcd_member_name", ""),
+                              "database_replicated": bool(database.get("replicated"))})
     node_services.node_tls_files_write(cert_pem=cert_pem, key_pem=key_pem, ca_cert_pem=ca_pem)
     local_etcd.local_member_configure(
         address=join.own_address, name=handover["etcd_member_name"],
@@ -429,6 +460,11 @@ def _fail(join: FollowerJoin, reason: str) -> None:
         # Ended without joining: the MEK it brought goes, so that a bundle of another
         # cluster opens with its own (kept if the node holds it for anything else).
         _forget_join_mek(join, reason=f"forgotten with the join of bundle {join.bundle_id}, which failed")
+    try:
+        # Nothing of a half-made database replica stays (its member directory).
+        replication_join.replica_forget()
+    except Exception as error:  # noqa: BLE001 — the join's failure is recorded; this is tidying
+        logger.warning("the database member of the failed join was not removed: %s", error)
     local_etcd.local_member_forget()
 
 
@@ -460,11 +496,112 @@ def _poll_once(ctx, join: FollowerJoin, secret: str, last: tuple | None) -> tupl
         ctx.log("certificate and etcd configuration received; starting this node's etcd member")
         _apply_handover(join, handover)
         join.refresh_from_db()
+    replica = answer.get("replica") or {}
+    if (replica.get("wanted") and replica.get("promoted") and not replica.get("reported")
+            and join.state == JoinState.JOINING and answer["state"] == "joining"):
+        _replica_steps(ctx, join, secret)
+        join.refresh_from_db()
     if answer["state"] == "joined":
         _finish(join)
         ctx.log("this node is a voting member of the cluster")
-        return {"state": "joined", "leader": join.leader_address}, seen
+        result = {"state": "joined", "leader": join.leader_address}
+        join.refresh_from_db()
+        if join.replica_state == ReplicaState.REPORTED:
+            result["database"] = _switch(ctx, join)
+        return result, seen
     return None, seen
+
+
+# --- 5. a replica of the cluster's database (when the leader's is replicated) ----------------
+def _replica_report(join: FollowerJoin, secret: str, report: dict) -> None:
+    status, answer = leader_call(join, f"{protocol.SETUP_API_PREFIX}join/{join.request_id}/replica", body=report,
+                                 bearer=secret)
+    if status != 200 or not answer.get("ok"):
+        message = (answer.get("error") or {}).get("message", f"HTTP {status}")
+        raise RuntimeError(f"the leader refused the replica report: {message}")
+
+
+def _replica_save(join: FollowerJoin, state: str, **replica) -> None:
+    join.replica_state = state
+    join.replica = {**join.replica, **replica}
+    join.save(update_fields=["replica_state", "replica", "updated_at"])
+
+
+def _replica_steps(ctx, join: FollowerJoin, secret: str) -> None:
+    """This node's etcd member votes: bootstrap its database replica from the leader,
+    seal its own audit trail, tell the leader (``replication.join``). Each part is done
+    once (``replica_state``); a failure is reported to the leader, which undoes the join
+    (the poll then sees it failed, and ``_fail`` removes what is left here)."""
+    member = ""
+    try:
+        if join.replica_state in ("", ReplicaState.FAILED):
+            if join.replica_state == ReplicaState.FAILED:
+                member = join.replica.get("member", "")
+                raise replication_join.ReplicaFailed(join.replica.get("reason", "the replica failed"))
+            bootstrap = replication_join.replica_bootstrap(leader=join.leader_address, log=ctx.log)
+            member = bootstrap.member
+            with transaction.atomic():
+                _replica_save(join, ReplicaState.READY, member=bootstrap.member,
+                              postgres_port=bootstrap.postgres_port, bootstrap_seconds=round(bootstrap.seconds, 2))
+                audit_record(action=AuditAction.JOIN_REPLICA_READY, target=f"node:{join.own_address}",
+                             details={"member": bootstrap.member, "leader": join.leader_address,
+                                      "state": bootstrap.state, "role": bootstrap.role,
+                                      "seconds": round(bootstrap.seconds, 2)})
+        if join.replica_state == ReplicaState.READY:
+            ctx.log("sealing this node's audit trail from before the join into a signed export")
+            sealed = replication_join.pre_join_audit_seal(
+                action=AuditAction.JOIN_AUDIT_SEALED, target=f"node:{join.own_address}",
+                details={"leader": join.leader_address, "cluster_id": join.cluster_id,
+                         "why": "this node's accounts and audit trail are replaced by the cluster's; its trail up "
+                                "to here is kept as a signed export in its data dir"})
+            with transaction.atomic():
+                _replica_save(join, ReplicaState.SEALED, pre_join_head=sealed["head"], export=sealed["export"],
+                              export_path=sealed["path"])
+            ctx.log(f"pre-join trail sealed: head {sealed['head']['position']} ({sealed['head']['hash'][:16]}…), "
+                    f"{sealed['path']}")
+        if join.replica_state == ReplicaState.SEALED:
+            _replica_report(join, secret, {
+                "outcome": "ready", "reason": "", "member": join.replica["member"],
+                "postgres_port": join.replica["postgres_port"], "pre_join_head": join.replica["pre_join_head"],
+                "export": join.replica["export"]})
+            with transaction.atomic():
+                _replica_save(join, ReplicaState.REPORTED)
+            ctx.log("the leader recorded the replica and the pre-join head in the cluster's chain")
+    except replication_join.ReplicaFailed as failed:
+        reason = str(failed)
+        ctx.log(f"the database replica failed: {reason}", level=OutputLevel.ERROR)
+        if join.replica_state != ReplicaState.FAILED:
+            with transaction.atomic():
+                _replica_save(join, ReplicaState.FAILED, reason=reason[:2000], member=member)
+        # The leader undoes the join with this reason (and the poll sees it failed).
+        _replica_report(join, secret, {"outcome": "failed", "reason": reason[:2000],
+                                       "member": member or local_etcd_member_name(join), "postgres_port": None,
+                                       "pre_join_head": None, "export": None})
+
+
+def local_etcd_member_name(join: FollowerJoin) -> str:
+    config = local_etcd.local_member_config()
+    return config.name if config is not None else local_etcd.member_name(join.own_address)
+
+
+def _switch(ctx, join: FollowerJoin) -> dict:
+    """Last: this node's database becomes the cluster's (``database.json``); recorded in
+    its own trail first, and the file written once that commits. ``serve`` notices the
+    file, starts the member and moves the console and the worker onto it."""
+    hosts = list(join.replica.get("hosts") or [])
+    if join.replica_state != ReplicaState.SWITCHED:
+        with transaction.atomic():
+            _replica_save(join, ReplicaState.SWITCHED)
+            audit_record(action=AuditAction.JOIN_DATABASE_SWITCHED, target=f"node:{join.own_address}",
+                         details={"hosts": hosts, "member": join.replica.get("member"),
+                                  "pre_join_head": join.replica.get("pre_join_head"),
+                                  "export": join.replica.get("export_path")})
+    # After the record commits (a step run again writes it again: the record says switched).
+    written = replication_join.database_switch(hosts=hosts, member=join.replica["member"])
+    ctx.log("database.json written: this node now uses the cluster's database ("
+            + ", ".join(f"{h.host}:{h.port}" for h in written.hosts) + "); the node's supervisor moves the console "
+            "and the worker onto it")
+    return {"hosts": [f"{h.host}:{h.port}" for h in written.hosts], "member": written.member}
 
 
 def _follow_again(ctx, join: FollowerJoin, follow_until: datetime) -> dict:
@@ -494,6 +631,9 @@ def join_follow(ctx) -> dict:
     ``PAM_JOIN_FOLLOW_SECONDS``."""
     join = FollowerJoin.objects.get(pk=ctx.params["join_id"])
     if join.state == JoinState.JOINED:
+        if join.replica_state in (ReplicaState.REPORTED, ReplicaState.SWITCHED) and not (
+                replication_join.database_replicated()):  # a worker that died before the switch
+            return {"state": "joined", "database": _switch(ctx, join)}
         return {"state": "joined"}
     secret = keystore.unseal(purpose=_POLL, sealed=join.sealed_poll_secret).decode()
     follow_until = _follow_until(ctx)

@@ -1,7 +1,7 @@
 """The follower's half of a join: this node joining a cluster, as the node itself
-keeps it (the leader's half is ``JoinRequest``), and this node's removal from a
-cluster as it learnt of it (the leader's half is ``RemovalRequest``). Loaded by
-``cluster.models``."""
+keeps it (the leader's half is ``JoinRequest``), what the leader keeps of the joining
+node's database replica (``JoinReplica``), and this node's removal from a cluster as it
+learnt of it (the leader's half is ``RemovalRequest``). Loaded by ``cluster.models``."""
 
 from __future__ import annotations
 
@@ -15,6 +15,16 @@ class JoinState(models.TextChoices):
     JOINING = "joining", "Joining (etcd member starting)"
     JOINED = "joined", "Joined"
     FAILED = "failed", "Failed"
+
+
+class ReplicaState(models.TextChoices):
+    """The follower's replica steps, in order (``replication.join``)."""
+
+    SEALED = "sealed", "Pre-join audit trail sealed"
+    READY = "ready", "Replica bootstrapped and streaming"
+    REPORTED = "reported", "Leader told the replica is ready"
+    SWITCHED = "switched", "On the cluster's database"
+    FAILED = "failed", "Replica failed (the leader undoes the join)"
 
 
 class FollowerJoin(models.Model):
@@ -42,6 +52,13 @@ class FollowerJoin(models.Model):
     request_id = models.CharField(max_length=64, blank=True)
     last_status = models.JSONField(default=dict, blank=True)
     failure_reason = models.TextField(blank=True)
+    # Whether the cluster's database is replicated (the leader's Patroni PostgreSQL), as
+    # the leader said at the checks; None: not asked yet, or a leader that does not say.
+    cluster_replicated = models.BooleanField(null=True, blank=True)
+    # How far this node has come in becoming a replica of the cluster's database
+    # (ReplicaState) and what it keeps of it: the pre-join head, the export, timings.
+    replica_state = models.CharField(max_length=16, blank=True, default="")
+    replica = models.JSONField(default=dict, blank=True)
     # The job following the request on the leader (the newest round of it).
     job = models.ForeignKey(
         "jobs.Job", null=True, blank=True, on_delete=models.SET_NULL, db_column="job_id", related_name="+"
@@ -92,3 +109,26 @@ class NodeRemoval(models.Model):
     def removed_on(self):
         """The removal's date: the leader's, else when this node learnt it."""
         return self.removed_at or self.learned_at
+
+
+class JoinReplica(models.Model):
+    """On the leader: a join whose follower becomes a replica of the cluster's database
+    (the leader's database was its Patroni member when the join was handed over), and
+    what the follower reported once its replica streamed (or why it could not)."""
+
+    request = models.OneToOneField("cluster.JoinRequest", on_delete=models.CASCADE, related_name="replica")
+    created_at = models.DateTimeField(auto_now_add=True)
+    # The database hosts handed over (the leader's database.json, leader first).
+    hosts = models.JSONField(default=list)
+    promoted_at = models.DateTimeField(null=True, blank=True)
+    reported_at = models.DateTimeField(null=True, blank=True)
+    outcome = models.CharField(max_length=8, blank=True)  # "ready" or "failed"
+    reason = models.TextField(blank=True)
+    member = models.CharField(max_length=63, blank=True)
+    postgres_port = models.PositiveIntegerField(null=True, blank=True)
+    pre_join_position = models.PositiveBigIntegerField(null=True, blank=True)
+    pre_join_hash = models.CharField(max_length=64, blank=True)
+    export = models.JSONField(default=dict, blank=True)
+
+    def __str__(self) -> str:
+        return f"replica of {self.request_id}"

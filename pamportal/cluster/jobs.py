@@ -21,16 +21,19 @@ from django.utils import timezone
 
 from pamportal.audit.actions import AuditAction, Outcome
 from pamportal.audit.services import audit_record
+from pamportal.core import config
 from pamportal.crypto import ca
 from pamportal.jobs.choices import Status
 from pamportal.jobs.registry import JobKind, StepSpec, register
 from pamportal.nodes import keystore
 from pamportal.nodes.models import SEAL_PURPOSE, CertificateKind, NodeRole
+from pamportal.replication import join as replication_join
 
 from . import conf, connections
 from .bundles import BUNDLE_KIND, bundle_build
 from .etcd import EtcdException, LearnerNotReady, MemberNotLearner
 from .etcd_process import certificate_addresses, initial_cluster_for_join
+from .follower_models import JoinReplica
 from .local_etcd import member_name
 from .members import ca_row, certificate_revoke, leader_member_ensure, node_locked
 from .models import ClusterMember, JoinRequest, MemberRole, MemberState, RemovalRequest, RequestState
@@ -265,11 +268,19 @@ def _handover(ctx, request_id: int) -> dict:
         request.etcd_initial_cluster = initial
         request.handed_over_at = request.handed_over_at or timezone.now()
         request.save(update_fields=["etcd_initial_cluster", "handed_over_at"])
+        # Decided once, with the handover: a leader whose database is its Patroni member
+        # makes the follower a replica of it (the step "replica" waits for that).
+        replica = JoinReplica.objects.filter(request=request).first()
+        if first and replica is None and replication_join.database_replicated():
+            replica = JoinReplica.objects.create(request=request, hosts=replication_join.database_hosts())
         if first:
             audit_record(action=AuditAction.CLUSTER_JOIN_HANDED_OVER, target=request_target(request),
-                         details={"initial_cluster": initial, "member_name": request.etcd_member_name})
-    ctx.log(f"handed over; the follower starts its member with --initial-cluster {initial}")
-    return {"initial_cluster": initial}
+                         details={"initial_cluster": initial, "member_name": request.etcd_member_name,
+                                  "database_replicated": replica is not None})
+    ctx.log(f"handed over; the follower starts its member with --initial-cluster {initial}"
+            + ("; it then becomes a replica of the cluster's database" if replica is not None else
+               "; the cluster's database is not replicated (the leader is not on PostgreSQL under Patroni)"))
+    return {"initial_cluster": initial, "database_replicated": replica is not None}
 
 
 def _promote(ctx, request_id: int) -> dict:
@@ -321,7 +332,46 @@ def _promote(ctx, request_id: int) -> dict:
         _ensure_running(request)
         audit_record(action=AuditAction.CLUSTER_JOIN_PROMOTED, target=request_target(request),
                      details={"member_id": request.etcd_member_id})
+        JoinReplica.objects.filter(request=request, promoted_at__isnull=True).update(promoted_at=timezone.now())
     return {"member_id": request.etcd_member_id, "promoted": True}
+
+
+def replica_wait_seconds() -> float:
+    """How long the leader waits for the follower's replica (its basebackup is bounded
+    by ``PAM_REPLICA_BOOTSTRAP_SECONDS`` on the follower; this leaves room for the seal)."""
+    return config.env("PAM_JOIN_REPLICA_SECONDS", 900.0, float)
+
+
+def _replica(ctx, request_id: int) -> dict:
+    """Wait for the follower to report its database replica: ready (then the join goes
+    on) or failed (then the join is undone with its reason). Nothing to do when the
+    cluster's database is not replicated."""
+    request = _request(request_id)
+    _ensure_running(request)
+    replica = JoinReplica.objects.filter(request=request).first()
+    if replica is None:
+        ctx.log("the cluster's database is not replicated: no replica to wait for")
+        return {"replicated": False}
+    wait = replica_wait_seconds()
+    deadline = time.monotonic() + wait
+    ctx.log(f"waiting for {request.follower_address} to become a replica of the cluster's database "
+            f"(basebackup from this node), at most {wait:g} s")
+    for _ in range(int(wait) + 2):  # bounded, and by the deadline too
+        if ctx.lease_lost.is_set():
+            raise RuntimeError("this worker lost the step's lease")
+        replica.refresh_from_db()
+        _ensure_running(_request(request_id))
+        if replica.outcome == "ready":
+            ctx.log(f"{request.follower_address}'s replica {replica.member} streams; its pre-join trail (head "
+                    f"{replica.pre_join_position}) is sealed in {replica.export.get('file', '?')}")
+            return {"replicated": True, "member": replica.member, "pre_join_position": replica.pre_join_position,
+                    "pre_join_hash": replica.pre_join_hash}
+        if replica.outcome == "failed":
+            raise JoinFailure(f"the node's database replica failed: {replica.reason}")
+        if time.monotonic() >= deadline:
+            break
+        time.sleep(1.0)
+    raise JoinFailure(f"the node did not report its database replica within {wait:g} s")
 
 
 def _activate(ctx, request_id: int) -> dict:
@@ -346,6 +396,14 @@ def _activate(ctx, request_id: int) -> dict:
                      details={"address": request.follower_address, "version": request.follower_version,
                               "member_id": request.etcd_member_id, "certificate_serial": request.cert_serial})
     ctx.log(f"{request.follower_address} is an active member of the cluster")
+    replica = JoinReplica.objects.filter(request=request).first()
+    if replica is not None and replica.outcome == "ready" and replica.postgres_port:
+        # This node's own list gains the member, so its console finds the primary when it moves.
+        try:
+            if replication_join.hosts_add(request.follower_address, replica.postgres_port):
+                ctx.log(f"{request.follower_address} added to this node's database hosts")
+        except Exception as exc:  # noqa: BLE001 — the join is done; the list is best effort
+            ctx.log(f"this node's database hosts were not updated: {exc}", "warning")
     return {"address": request.follower_address, "active": True}
 
 
@@ -357,6 +415,8 @@ JOIN = register(JobKind(
         StepSpec("handover", "Hand the node its certificate, the CA and the etcd cluster", _guarded(_handover),
                  max_attempts=2),
         StepSpec("promote", "Wait for the node's etcd member, then promote it", _guarded(_promote), max_attempts=2),
+        StepSpec("replica", "Wait for the node's database replica (when the cluster's database is replicated)",
+                 _guarded(_replica), max_attempts=2),
         StepSpec("activate", "Mark the node an active member", _guarded(_activate), max_attempts=2),
     ),
 ))

@@ -63,6 +63,7 @@ REFUSALS: dict[str, tuple[int, str]] = {
     "bad_csr": (400, "The certificate request is not valid: {detail}"),
     "unauthorised": (403, "The poll secret does not match this join request."),
     "unknown_request": (404, "The leader has no such join request."),
+    "replica_unexpected": (409, "The leader does not expect a database replica report for this join now: {detail}"),
 }
 
 
@@ -204,3 +205,95 @@ def parse_join(data: Any) -> JoinPayload:
         follower_version=data["follower_version"], csr_pem=data["csr_pem"],
         preflight_summary=data["preflight_summary"], proof=data["proof"], raw=data,
     )
+
+
+# --- the follower's database replica (a join into a cluster whose database is replicated) ---
+# ``POST join/<request_id>/replica``: the follower's report once its replica streamed (or
+# why it could not), exactly these fields. A leader whose database is replicated tells the
+# follower so in the join status ("replica") and hands over the database hosts; a follower
+# that predates replicas is refused earlier, by the major.feature version check.
+REPLICA_FIELDS = frozenset({"outcome", "reason", "member", "postgres_port", "pre_join_head", "export"})
+REPLICA_OUTCOMES = ("ready", "failed")
+REPLICA_EXPORT_FIELDS = frozenset({"file", "manifest", "sha256", "manifest_sha256", "key_id", "events"})
+_HASH = re.compile(r"^[0-9a-f]{64}$")
+_MEMBER = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,62}$")
+REPLICA_MAX_BYTES = 16 * 1024
+
+
+@dataclass(frozen=True)
+class ReplicaReport:
+    outcome: str
+    reason: str
+    member: str
+    head_position: int | None
+    head_hash: str
+    export: dict
+    postgres_port: int | None = None
+
+    def as_json(self) -> dict:
+        return {
+            "outcome": self.outcome, "reason": self.reason, "member": self.member, "postgres_port": self.postgres_port,
+            "pre_join_head": None if self.head_position is None else {"position": self.head_position,
+                                                                       "hash": self.head_hash},
+            "export": self.export or None,
+        }
+
+
+def _exact(data: Any, fields: frozenset, what: str) -> dict:
+    if not isinstance(data, dict):
+        raise _bad_request(f"{what} must be a JSON object")
+    missing, extra = sorted(fields - data.keys()), sorted(data.keys() - fields)
+    if missing:
+        raise _bad_request(f"{what}: missing field{'s' if len(missing) > 1 else ''} {', '.join(missing)}")
+    if extra:
+        raise _bad_request(f"{what}: unknown field{'s' if len(extra) > 1 else ''} {', '.join(extra)}")
+    return data
+
+
+def _text(value: Any, name: str, limit: int, *, empty: bool = False) -> str:
+    if not isinstance(value, str) or (not value and not empty):
+        raise _bad_request(f"{name} must be a{'' if empty else ' non-empty'} string")
+    if len(value) > limit:
+        raise _bad_request(f"{name} is longer than {limit} characters")
+    return value
+
+
+def _count(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < 2**63:
+        raise _bad_request(f"{name} must be a whole number from 0")
+    return value
+
+
+def parse_replica_report(data: Any) -> ReplicaReport:
+    """Check a replica report's shape: exactly REPLICA_FIELDS; "ready" carries the
+    pre-join head (position, SHA-256 hash) and the export's digests, "failed" a reason."""
+    data = _exact(data, REPLICA_FIELDS, "the replica report")
+    outcome = data["outcome"]
+    if outcome not in REPLICA_OUTCOMES:
+        raise _bad_request(f"outcome must be one of {', '.join(REPLICA_OUTCOMES)}")
+    reason = _text(data["reason"], "reason", 2000, empty=outcome == "ready")
+    member = _text(data["member"], "member", 63)
+    if not _MEMBER.match(member):
+        raise _bad_request("member is not a member name")
+    head, export = data["pre_join_head"], data["export"]
+    if outcome == "failed":
+        if head is not None or export is not None or data["postgres_port"] is not None:
+            raise _bad_request("a failed replica report carries no postgres_port, pre_join_head or export (null)")
+        return ReplicaReport(outcome, reason, member, None, "", {})
+    port = data["postgres_port"]
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
+        raise _bad_request("postgres_port must be a TCP port (1-65535)")
+    head = _exact(head, frozenset({"position", "hash"}), "pre_join_head")
+    position = _count(head["position"], "pre_join_head.position")
+    if not isinstance(head["hash"], str) or not _HASH.match(head["hash"]):
+        raise _bad_request("pre_join_head.hash must be a SHA-256 in lower-case hex")
+    export = _exact(export, REPLICA_EXPORT_FIELDS, "export")
+    for name in ("sha256", "manifest_sha256"):
+        if not isinstance(export[name], str) or not _HASH.match(export[name]):
+            raise _bad_request(f"export.{name} must be a SHA-256 in lower-case hex")
+    clean = {"file": _text(export["file"], "export.file", 200), "manifest": _text(export["manifest"], "export.manifest", 200),
+             "sha256": export["sha256"], "manifest_sha256": export["manifest_sha256"],
+             "key_id": _text(export["key_id"], "export.key_id", 128), "events": _count(export["events"], "export.events")}
+    if clean["events"] != position:
+        raise _bad_request("the export must hold the whole pre-join trail (export.events = pre_join_head.position)")
+    return ReplicaReport(outcome, reason, member, position, head["hash"], clean, port)

@@ -27,6 +27,7 @@ from pamportal.jobs.services import job_create
 from pamportal.nodes import keystore
 
 from . import protocol
+from .follower_models import JoinReplica
 from .members import node_locked
 from .models import (
     LIVE_MEMBER_STATES,
@@ -155,6 +156,57 @@ def join_request_for_poll(*, public_id, poll_secret: str) -> JoinRequest:
         refused.action = AuditAction.CLUSTER_JOIN_POLL_REFUSED
         refused.record()
         raise refused
+    return request
+
+
+def join_replica_report(*, public_id, poll_secret: str, report: protocol.ReplicaReport) -> JoinRequest:
+    """The follower's report on its database replica (authenticated as its poll is). A
+    ready replica's pre-join head and export digests go into the cluster's chain, once:
+    that event is how the follower's own trail from before the join stays provable after
+    its database is replaced by the cluster's. The join step waiting for the report
+    (``jobs._replica``) goes on or fails the join with the reason. A report that repeats
+    the first is answered again; a different one is refused."""
+    request = join_request_for_poll(public_id=public_id, poll_secret=poll_secret)  # refusals recorded
+    return _replica_report_record(request_pk=request.pk, report=report)
+
+
+@audited_refusals
+def _replica_report_record(*, request_pk: int, report: protocol.ReplicaReport) -> JoinRequest:
+    request = JoinRequest.objects.select_for_update(of=("self",)).get(pk=request_pk)
+    target = request_target(request)
+    replica = JoinReplica.objects.select_for_update().filter(request=request).first()
+    problem = ""
+    if replica is None:
+        problem = "the cluster's database is not replicated for this join"
+    elif request.state != RequestState.RUNNING:
+        problem = f"the join request is {request.get_state_display().lower()}"
+    elif replica.promoted_at is None:
+        problem = "the node's etcd member is not a voting member yet"
+    elif replica.reported_at is not None:
+        if (replica.outcome, replica.member, replica.pre_join_position, replica.pre_join_hash) == (
+                report.outcome, report.member, report.head_position, report.head_hash):
+            return request  # the same report again (its answer was lost)
+        problem = f"the node already reported its replica {replica.outcome}"
+    if problem:
+        raise _join_refused("replica_unexpected", target, detail=problem)
+    replica.reported_at = timezone.now()
+    replica.outcome = report.outcome
+    replica.reason = report.reason
+    replica.member = report.member
+    replica.postgres_port = report.postgres_port
+    replica.pre_join_position = report.head_position
+    replica.pre_join_hash = report.head_hash
+    replica.export = report.export
+    replica.save()
+    if report.outcome == "ready":
+        audit_record(action=AuditAction.CLUSTER_JOIN_REPLICA_READY, target=target,
+                     details={"address": request.follower_address, "member": report.member,
+                              "postgres_port": report.postgres_port, "pre_join_head": {"position": report.head_position, "hash": report.head_hash},
+                              "pre_join_export": report.export})
+    else:
+        audit_record(action=AuditAction.CLUSTER_JOIN_REPLICA_FAILED, target=target, outcome=Outcome.FAILED,
+                     details={"address": request.follower_address, "member": report.member,
+                              "reason": report.reason})
     return request
 
 

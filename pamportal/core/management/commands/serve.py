@@ -126,6 +126,29 @@ class CertificateWatch:
         return False
 
 
+class DatabaseWatch:
+    """Tells when ``database.json`` appears while the node runs: a join made this node a
+    replica of the cluster's database (``replication.join``), and the console, the
+    worker and serve itself must move from SQLite onto it. Settings are read once per
+    process, so the console's workers are reloaded (SIGHUP: gunicorn starts new workers,
+    which read the settings again) and the worker is restarted; serve swaps its own
+    connection settings in place (it is one thread)."""
+
+    RETRY_SECONDS = 5.0
+
+    def __init__(self):
+        from pamportal.replication.database import database_file_path
+
+        self.path = database_file_path(settings.PAM_DATA_DIR)
+        # A node started on database.json is already on it (serve waited for it above).
+        self.state = "done" if self.path.exists() else "idle"
+        self.next_try = 0.0
+        self.since = 0.0
+
+    def appeared(self, now: float) -> bool:
+        return self.state == "idle" and now >= self.next_try and self.path.exists()
+
+
 class Command(BaseCommand):
     help = "Run the node: HTTPS console, Celery worker (with beat), and once the node has its cluster certificate the setup API, the delegation API and its etcd member."
 
@@ -267,13 +290,13 @@ class Command(BaseCommand):
         signal.signal(signal.SIGTERM, request_stop)
         exit_code = 0
         watch = CertificateWatch()
+        database_watch = DatabaseWatch()
         try:
             while not stopping:
                 if watch.changed():
                     self.stdout.write("TLS certificate replaced: reloading the listeners (SIGHUP to gunicorn)")
-                    for name in ("web", "setup-api", "delegation"):
-                        if name in processes and processes[name].poll() is None:
-                            os.kill(processes[name].pid, signal.SIGHUP)
+                    self._reload_listeners(processes)
+                self._follow_database(database_watch, processes, commands)
                 for name in commands:
                     if processes[name].poll() is not None:
                         self.stderr.write(f"{name} exited with status {processes[name].returncode}; stopping the node")
@@ -291,6 +314,72 @@ class Command(BaseCommand):
         if exit_code:
             raise CommandError(f"a node process failed (status {exit_code})")
         self.stdout.write("pamportal stopped.")
+
+    def _reload_listeners(self, processes) -> None:
+        for name in ("web", "setup-api", "delegation"):
+            if name in processes and processes[name].poll() is None:
+                os.kill(processes[name].pid, signal.SIGHUP)
+
+    def _use_database_file(self) -> None:
+        """serve's own connections from now on go to the database.json's database (what
+        a process started now would read), for what serve itself records."""
+        from pamportal.replication import database
+
+        new = database.databases(data_dir=settings.PAM_DATA_DIR, database_url=None,
+                                 ca_file=settings.PAM_TLS_CERT.with_name("cluster-ca.crt"),
+                                 cert_file=settings.PAM_TLS_CERT, key_file=settings.PAM_TLS_KEY)
+        connections.close_all()
+        settings.DATABASES["default"] = new["default"]
+        connections.__dict__.pop("settings", None)  # a cached_property: read settings.DATABASES again
+        try:
+            del connections["default"]
+        except AttributeError:
+            pass
+
+    def _database_answers(self) -> bool:
+        from django.db import OperationalError
+
+        try:
+            connections["default"].ensure_connection()
+            return True
+        except OperationalError:
+            return False
+        finally:
+            connections.close_all()
+
+    def _follow_database(self, watch: DatabaseWatch, processes, commands) -> None:
+        """database.json appeared (a join): the member is started by the cluster
+        supervision (it requires that file); once the database answers, the console's
+        listeners are reloaded and the worker restarted onto it. Never blocks long: one
+        connection attempt per round (libpq's connect timeout bounds it)."""
+        from django.core.exceptions import ImproperlyConfigured
+
+        now = time.monotonic()
+        if watch.appeared(now):
+            try:
+                self._use_database_file()
+            except ImproperlyConfigured as exc:
+                self.stderr.write(f"database.json appeared but cannot be used yet: {exc}")
+                watch.next_try = now + watch.RETRY_SECONDS
+                return
+            self.stdout.write("database.json appeared: this node's database is now the cluster's; starting its "
+                              "PostgreSQL member and moving the console and the worker onto it")
+            watch.state, watch.since, watch.next_try = "switching", now, now
+        if watch.state != "switching" or now < watch.next_try:
+            return
+        if not self._database_answers():
+            watch.next_try = now + 1.0
+            if now - watch.since > config.env("PAM_SERVE_DATABASE_WAIT", 120.0, float):
+                self.stderr.write("the cluster's database does not answer yet; the console and the worker stay as "
+                                  "they are until it does")
+                watch.since = now
+            return
+        self.stdout.write("the cluster's database answers: reloading the listeners and restarting the worker")
+        self._reload_listeners(processes)
+        if "worker" in commands and "worker" in processes:
+            self._stop_all({"worker": processes["worker"]})
+            processes["worker"] = self._start("worker", commands["worker"])
+        watch.state = "done"
 
     def _supervise_cluster(self, processes, restart_after, backoff) -> None:
         """Start wanted cluster processes, restart them (with back-off) when they die,

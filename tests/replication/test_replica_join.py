@@ -1,0 +1,450 @@
+"""A join into a cluster whose database is replicated makes the follower a streaming
+replica of it (issue 11), with real processes on 127.0.0.101-103:
+
+* the leader (.101) is finalised on SQLite, where a follower's checks say the cluster's
+  data is not replicated and what to run; then it moves onto its Patroni member
+  (``database_to_patroni``) and is served again;
+* a follower (.103) whose PostgreSQL base the ``postgres`` user cannot reach joins:
+  its basebackup fails, the join is undone (etcd member removed, certificate revoked)
+  with the reason on its page, and it stays on SQLite;
+* a follower (.102) joins: afterwards Patroni shows a leader and a streaming replica,
+  the follower's Django sees a user created on the leader, an event recorded on the
+  follower is in the leader's chain, ``audit_verify`` gives one head on both, and the
+  follower's pre-join trail is a signed export whose head the leader's chain records.
+
+The tests run in order on the same nodes (module fixture); everything started is
+stopped in teardown.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+from pamportal.replication import process
+from tests.cluster.etcd_support import pick_ports
+from tests.preflight.support import SntpResponder
+from tests.replication.support import missing_tools
+from tests.support.cluster import PASSWORD, USERS, cluster_node, etcdctl_members, finalise_leader, run, start
+from tests.support.node import REPO, NodeEnv, https_get, start_node, wait_for
+
+pytestmark = [
+    pytest.mark.processes,
+    pytest.mark.cluster,
+    pytest.mark.skipif(missing_tools() is not None, reason=missing_tools() or ""),
+]
+LEADER, FOLLOWER, BROKEN = "127.0.0.101", "127.0.0.102", "127.0.0.103"
+FIGURES: dict[str, float] = {}
+
+PAGE = USERS + """
+from django.test import Client
+from pamportal.accounts.models import TOTPDevice
+c = Client(HTTP_HOST=__HOST__)
+admin = user('admin', Role.ADMINISTRATOR)
+c.force_login(admin, backend="django.contrib.auth.backends.ModelBackend")
+s = c.session
+s["otp_device_id"] = TOTPDevice.objects.get(user=admin).persistent_id
+s.save()
+r = c.get("/setup/join/status/", secure=True)
+result = [r.status_code, r.content.decode()]
+"""
+
+
+class Lab:
+    """The three nodes, each with a PostgreSQL base of its own."""
+
+    def __init__(self, root: Path, ntp: str):
+        self.root = root
+        self.ntp = ntp
+        self.nodes: dict[str, NodeEnv] = {}
+        self.bases: list[Path] = []
+        self.mek = ""
+
+    def node(self, address: str, *, base: Path | None = None) -> NodeEnv:
+        if base is None:
+            base = Path(tempfile.mkdtemp(prefix="pamportal-rjoin-", dir="/var/tmp"))
+            os.chmod(base, 0o711)
+            self.bases.append(base)
+        pg_port, api_port = pick_ports(address, (5432, 8008))
+        env = cluster_node(self.root, address, self.ntp)
+        env.env.update(PAM_POSTGRES_BASE=str(base), PAM_POSTGRES_PORT=str(pg_port), PAM_PATRONI_PORT=str(api_port),
+                       PAM_JOIN_WAIT_SECONDS="90")
+        env.env.pop("DATABASE_URL", None)  # SQLite before the join: the switch is from it
+        self.nodes[address] = env
+        return env
+
+    def close(self) -> None:
+        errors = []
+        for env in self.nodes.values():
+            try:
+                env.stop()
+            except Exception as exc:  # noqa: BLE001 — keep cleaning up
+                errors.append(str(exc))
+        for base in self.bases:
+            for child in base.iterdir() if base.exists() else ():
+                paths = process.MemberPaths(child)
+                pid = process.postmaster_pid(paths.data_dir)
+                if pid:
+                    errors.append(f"PostgreSQL {pid} still ran on {paths.data_dir}: killed")
+                    os.killpg(os.getpgid(pid), signal.SIGKILL)
+                    wait_for(lambda: not process.postmaster_pid(paths.data_dir), timeout=20, interval=0.2,
+                             what="the postmaster to go")
+                process.member_remove(paths)
+            shutil.rmtree(base, ignore_errors=True)
+        assert not errors, errors
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory):
+    root = tmp_path_factory.mktemp("rjoin")
+    with SntpResponder() as sntp:
+        lab = Lab(root, sntp.address)
+        try:
+            leader = lab.node(LEADER)
+            start(leader, LEADER)
+            lab.mek = finalise_leader(leader, LEADER, sntp.address)
+            wait_for(lambda: run(leader, "from pamportal.cluster.connections import etcd_client\n"
+                                         "result = etcd_client().health()[0]"),
+                     timeout=60, interval=1, what="the leader's etcd member")
+            yield lab
+        finally:
+            lab.close()
+            if FIGURES:
+                print("\nreplica join figures: " + ", ".join(f"{k} {v:.1f}" for k, v in FIGURES.items()))
+
+
+# --- driving a join -------------------------------------------------------------------------
+def bundle_for(leader: NodeEnv, address: str, tmp: Path) -> Path:
+    bundle = run(leader, USERS + f"""
+from pamportal.cluster import bundles as cs
+result = str(cs.bundle_generate(user=user('operator', Role.OPERATOR), follower_address={address!r}).bundle_id)
+""")
+
+    def bundle_file():
+        return run(leader, USERS + f"""
+import base64
+from pamportal.cluster import bundles as cs
+from pamportal.cluster.models import JoiningBundle
+b = JoiningBundle.objects.get(bundle_id={bundle!r})
+result = base64.b64encode(cs.bundle_download(user=user('operator', Role.OPERATOR), bundle_id=b.bundle_id).data).decode() if b.file else None
+""")
+
+    path = tmp / f"{address}-{bundle}.bundle"
+    path.write_bytes(__import__("base64").b64decode(wait_for(bundle_file, timeout=30, what="the bundle job")))
+    return path
+
+
+def open_and_check(follower: NodeEnv, address: str, bundle: Path, mek: str) -> dict:
+    return run(follower, USERS + f"""
+from pathlib import Path
+from pamportal.cluster import follower as j
+admin = user('admin', Role.ADMINISTRATOR)
+j.join_bundle_open(user=admin, data=Path({str(bundle)!r}).read_bytes(), mek_text={mek!r}, own_address={address!r})
+checked = j.join_preflight(user=admin)
+result = {{"state": checked.state, "replicated": checked.cluster_replicated,
+          "failed": [c for c in checked.preflight if not c["ok"]]}}
+""")
+
+
+def check_again(follower: NodeEnv) -> dict:
+    return run(follower, USERS + """
+from pamportal.cluster import follower as j
+checked = j.join_preflight(user=user('admin', Role.ADMINISTRATOR))
+result = {"state": checked.state, "replicated": checked.cluster_replicated,
+          "failed": [c for c in checked.preflight if not c["ok"]]}
+""")
+
+
+def ask_and_approve(leader: NodeEnv, follower: NodeEnv, address: str, approvers: tuple[str, str]) -> float:
+    run(follower, USERS + """
+from pamportal.cluster import follower as j
+result = j.join_request_send(user=user('admin', Role.ADMINISTRATOR)).request_id
+""")
+    request_pk = run(leader, f"""
+from pamportal.cluster.models import JoinRequest
+result = JoinRequest.objects.get(follower_address={address!r}, state="pending").pk
+""")
+    for approver in approvers:  # approvers who have not voted yet: a TOTP code works once
+        run(leader, USERS + f"""
+from pamportal.cluster import requests as cs
+a = user({approver!r}, Role.APPROVER)
+cs.join_request_vote(request_id={request_pk}, user=a, decision="approve", totp_code=code(a))
+result = True
+""")
+    return time.monotonic()
+
+
+def sqlite_join(follower: NodeEnv) -> dict:
+    """The follower's own join row, read from its SQLite file (after the switch its
+    Django reads the cluster's database, which has no such row)."""
+    with sqlite3.connect(f"file:{follower.data_dir / 'pamportal.sqlite3'}?mode=ro", uri=True) as db:
+        db.row_factory = sqlite3.Row
+        row = db.execute("SELECT * FROM setup_followerjoin ORDER BY id DESC LIMIT 1").fetchone()
+    return {k: row[k] for k in row.keys()}
+
+
+def verify_head(env: NodeEnv) -> tuple[int, str]:
+    out = env.manage("audit_verify").stdout
+    words = out.split()
+    return int(words[words.index("position") + 1].rstrip(",")), words[words.index("hash") + 1]
+
+
+def patroni_cluster(env: NodeEnv, address: str) -> dict:
+    return run(env, """
+from pamportal.replication.local import node_member
+view = node_member().api(timeout=3).cluster()
+result = [{"name": m.name, "role": m.role, "state": m.state, "lag": m.lag} for m in view.members]
+""")
+
+
+def leader_move(lab: Lab) -> None:
+    """The leader from SQLite onto its Patroni member, as an operator does it: serve
+    stopped, its etcd member on its own, ``database_to_patroni``, then serve again."""
+    leader = lab.nodes[LEADER]
+    for proc in list(leader.processes):
+        leader.kill(proc, signal.SIGTERM)
+        leader.processes.remove(proc)
+    etcd = leader.spawn([sys.executable, str(REPO / "manage.py"), "run_etcd"], "etcd-alone")
+    wait_for(lambda: run(leader, "from pamportal.cluster.connections import etcd_client\n"
+                                 "result = etcd_client().health()[0]"), timeout=60, interval=1,
+             what="the leader's etcd member (run_etcd)")
+    started = time.monotonic()
+    moved = leader.manage("database_to_patroni", check=False, timeout=300)
+    FIGURES["leader move s"] = time.monotonic() - started
+    assert moved.returncode == 0, moved.stdout + moved.stderr
+    leader.kill(etcd, signal.SIGTERM)
+    leader.processes.remove(etcd)
+    start_node(leader, host=LEADER, port=8443)
+    wait_for(lambda: run(leader, "from django.db import connection\nconnection.ensure_connection()\n"
+                                 "result = connection.vendor") == "postgresql", timeout=90, interval=1,
+             what="the leader's Django on its PostgreSQL member")
+
+
+# --- the tests ----------------------------------------------------------------------------------
+def test_a_leader_on_sqlite_says_its_data_is_not_replicated(lab):
+    """Before the move: the follower's checks learn the cluster is not replicated, and
+    its page says so and what to run on the leader. Then the leader moves."""
+    follower = lab.node(BROKEN, base=lab.root / "unreachable-pg")  # pytest's tmp: 0700, postgres cannot reach it
+    start(follower, BROKEN)
+    checked = open_and_check(follower, BROKEN, bundle_for(lab.nodes[LEADER], BROKEN, lab.root), lab.mek)
+    assert checked["state"] == "checked", checked["failed"]
+    assert checked["replicated"] is False
+    status, page = run(follower, PAGE.replace("__HOST__", repr(BROKEN)))
+    assert status == 200
+    assert 'id="join-not-replicated"' in page and "manage.py database_to_patroni" in page
+    assert 'id="join-replaces-local"' not in page
+
+    leader_move(lab)
+
+
+def test_a_replica_that_cannot_be_made_undoes_the_join(lab):
+    leader, follower = lab.nodes[LEADER], lab.nodes[BROKEN]
+    # the same bundle, checked again: the leader now says its database is replicated
+    checked = check_again(follower)
+    assert checked["state"] == "checked", checked["failed"]
+    assert checked["replicated"] is True
+    status, page = run(follower, PAGE.replace("__HOST__", repr(BROKEN)))
+    assert 'id="join-replaces-local"' in page and "replaced by the cluster" in page
+
+    ask_and_approve(leader, follower, BROKEN, ("approver-1", "approver-2"))
+
+    def ended():
+        state = run(follower, """
+from pamportal.cluster.follower_selectors import join_current
+j = join_current()
+result = [j.state, j.failure_reason, j.replica_state]
+""")
+        return state if state[0] in ("failed", "joined") else None
+
+    state, reason, replica_state = wait_for(ended, timeout=240, interval=2, what=f"{BROKEN}'s join to end")
+    assert state == "failed", (state, reason)
+    assert "database replica failed" in reason and "postgres cannot reach" in reason, reason
+    assert replica_state == "failed"
+
+    # the leader undid it: request failed with the reason, etcd member gone, certificate revoked
+    undone = run(leader, f"""
+from pamportal.audit.models import AuditEvent
+from pamportal.cluster.models import JoinRequest, RevokedCertificate
+r = JoinRequest.objects.filter(follower_address={BROKEN!r}).order_by('-pk').first()
+failed = AuditEvent.objects.filter(action='cluster.join_failed').order_by('-position').first()
+result = {{"state": r.state, "reason": r.failure_reason,
+          "revoked": RevokedCertificate.objects.filter(serial=r.cert_serial).exists(),
+          "event": failed.details if failed else None,
+          "report": list(AuditEvent.objects.filter(action='cluster.join_replica_failed').values_list('details', flat=True))}}
+""")
+    assert undone["state"] == "failed" and "postgres cannot reach" in undone["reason"]
+    assert undone["revoked"]
+    details = undone["event"] if isinstance(undone["event"], dict) else json.loads(undone["event"])
+    assert details["learner_removed"] and details["certificate_revoked"], details
+    assert len(undone["report"]) == 1
+    peers = [m["peerURLs"][0] for m in etcdctl_members(leader.data_dir, LEADER)]
+    assert peers == [f"https://{LEADER}:2380"], peers
+
+    # the follower: on SQLite still, no database.json, no member directory, the reason on its page
+    assert not (follower.data_dir / "database.json").exists()
+    assert run(follower, "from django.db import connection\nresult = connection.vendor") == "sqlite"
+    assert not (lab.root / "unreachable-pg").exists() or not any((lab.root / "unreachable-pg").iterdir())
+    status, page = run(follower, PAGE.replace("__HOST__", repr(BROKEN)))
+    assert status == 200 and "The join failed" in page and "postgres cannot reach" in page
+    follower.stop()
+
+
+def test_a_follower_joins_as_a_streaming_replica(lab):
+    leader = lab.nodes[LEADER]
+    follower = lab.node(FOLLOWER)
+    base = start(follower, FOLLOWER)
+    run(follower, USERS + "user('local-only', Role.OPERATOR)\nresult = True")  # replaced by the cluster's
+    checked = open_and_check(follower, FOLLOWER, bundle_for(leader, FOLLOWER, lab.root), lab.mek)
+    assert checked["state"] == "checked" and checked["replicated"] is True, checked
+    started = ask_and_approve(leader, follower, FOLLOWER, ("approver-3", "approver-4"))
+
+    def switched():
+        if (follower.data_dir / "database.json").exists():
+            return True
+        row = sqlite_join(follower)
+        assert row["state"] != "failed", row["failure_reason"]
+        return False
+
+    wait_for(switched, timeout=400, interval=2, what=f"{FOLLOWER} to join and switch to the cluster's database")
+    FIGURES["join (approved to database.json) s"] = time.monotonic() - started
+    row = sqlite_join(follower)
+    assert row["state"] == "joined" and row["replica_state"] == "switched", row
+    replica = json.loads(row["replica"])
+    FIGURES["basebackup to streaming s"] = replica["bootstrap_seconds"]
+    written = json.loads((follower.data_dir / "database.json").read_text())
+    assert [h["host"] for h in written["hosts"]] == [LEADER, FOLLOWER]
+
+    # the leader's join job: how long its replica step waited (the rest is a join without replica)
+    steps = run(leader, f"""
+from pamportal.cluster.models import JoinRequest
+r = JoinRequest.objects.filter(follower_address={FOLLOWER!r}).order_by('-pk').first()
+result = {{s.name: (s.finished_at - s.started_at).total_seconds() for s in r.job.steps.all() if s.finished_at}}
+""")
+    FIGURES["leader's replica step s"] = steps["replica"]
+    FIGURES["leader's other join steps s"] = sum(v for k, v in steps.items() if k != "replica")
+
+    # serve moved the console onto the cluster's database and runs the member: Patroni
+    # shows a leader and this follower streaming (a synchronous standby once it caught up)
+    def streaming():
+        members = {m["name"]: m for m in patroni_cluster(leader, LEADER)}
+        mine = members.get(replica["member"])
+        leaders = [m for m in members.values() if m["role"] == "leader"]
+        return members if leaders and mine and mine["state"] == "streaming" else None
+
+    started = time.monotonic()
+    members = wait_for(streaming, timeout=120, interval=2, what="the follower's member streaming under serve")
+    FIGURES["switch to streaming under serve s"] = time.monotonic() - started
+    assert members[replica["member"]]["role"] in ("sync_standby", "replica"), members
+    wait_for(lambda: {m["name"]: m for m in patroni_cluster(leader, LEADER)}[replica["member"]]["role"]
+             == "sync_standby", timeout=60, interval=2, what="the follower to be the synchronous standby")
+
+    def console_on_cluster():
+        try:
+            return https_get(base + "/account/login/", timeout=5)[0] == 200
+        except OSError:
+            return False
+
+    wait_for(console_on_cluster, timeout=60, interval=1, what="the follower's console after the switch")
+
+    # the cluster's users on the follower, its own local one gone
+    run(leader, USERS + "user('dave', Role.OPERATOR)\nresult = True")
+    seen = run(follower, """
+from django.contrib.auth import get_user_model
+from django.db import connection
+dave = get_user_model().objects.filter(username='dave').first()
+result = {"vendor": connection.vendor, "dave": dave is not None and dave.check_password(%r),
+          "local": get_user_model().objects.filter(username='local-only').exists()}
+""" % PASSWORD)
+    assert seen == {"vendor": "postgresql", "dave": True, "local": False}, seen
+
+    # an event recorded through the follower's Django is in the leader's chain
+    position = run(follower, """
+from django.db import transaction
+from pamportal.audit.services import audit_record
+with transaction.atomic():
+    e = audit_record(action='audit.verified', target='recorded on the follower')
+result = e.position
+""")
+    assert run(leader, f"""
+from pamportal.audit.models import AuditEvent
+result = AuditEvent.objects.get(position={position}).target
+""") == "recorded on the follower"
+
+    # one chain: audit_verify gives the same head on both (other events may land between the two runs)
+    def same_head():
+        a, b = verify_head(leader), verify_head(follower)
+        return a if a == b else None
+
+    head = wait_for(same_head, timeout=30, interval=1, what="the same audit head on both nodes")
+    assert head[0] >= position
+
+    # the pre-join trail: a signed export in the follower's data dir that verifies offline,
+    # its head and digest recorded in the cluster's chain
+    folder = follower.data_dir / "pre-join-audit"
+    export = folder / replica["export"]["file"]
+    manifest_path = folder / replica["export"]["manifest"]
+    assert export.exists() and manifest_path.exists()
+    verified = subprocess.run([sys.executable, str(REPO / "tools" / "verify_audit_export.py"), str(export),
+                               str(manifest_path)], capture_output=True, text=True, timeout=60)
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    manifest = json.loads(manifest_path.read_text())
+    assert manifest["contiguous"] and manifest["first"]["position"] == 1
+    lines = export.read_text().splitlines()
+    assert json.loads(lines[-1])["action"] == "join.audit_sealed"
+    assert any(json.loads(line)["action"] == "setup.admin_created" or json.loads(line)["action"] == "user.created"
+               for line in lines) or len(lines) > 5
+    recorded = run(leader, """
+from pamportal.audit.models import AuditEvent
+e = AuditEvent.objects.filter(action='cluster.join_replica_ready').order_by('-position').first()
+result = e.details
+""")
+    recorded = recorded if isinstance(recorded, dict) else json.loads(recorded)
+    assert recorded["pre_join_head"] == {"position": manifest["last"]["position"], "hash": manifest["last"]["hash"]}
+    assert recorded["pre_join_export"]["sha256"] == hashlib.sha256(export.read_bytes()).hexdigest()
+    assert recorded["pre_join_export"]["manifest_sha256"] == hashlib.sha256(manifest_path.read_bytes()).hexdigest()
+    assert recorded["member"] == replica["member"]
+
+
+# --- the report's wire format (no processes) ----------------------------------------------------
+def test_the_replica_report_is_parsed_strictly():
+    from pamportal.cluster import protocol
+
+    digest = "ab" * 32
+    ready = {"outcome": "ready", "reason": "", "member": "node-127-0-0-102", "postgres_port": 5432,
+             "pre_join_head": {"position": 12, "hash": digest},
+             "export": {"file": "pre-join.jsonl", "manifest": "pre-join.jsonl.manifest.json", "sha256": digest,
+                        "manifest_sha256": digest, "key_id": "k1", "events": 12}}
+    report = protocol.parse_replica_report(ready)
+    assert (report.head_position, report.head_hash, report.postgres_port) == (12, digest, 5432)
+    assert protocol.parse_replica_report(report.as_json()) == report
+    failed = {"outcome": "failed", "reason": "basebackup failed", "member": "node-127-0-0-102", "postgres_port": None,
+              "pre_join_head": None, "export": None}
+    assert protocol.parse_replica_report(failed).reason == "basebackup failed"
+    broken = [
+        ({**ready, "extra": 1}, "unknown field extra"),
+        ({k: v for k, v in ready.items() if k != "export"}, "missing field export"),
+        ({**ready, "outcome": "maybe"}, "outcome must be one of"),
+        ({**ready, "pre_join_head": {"position": 12, "hash": "XY"}}, "SHA-256"),
+        ({**ready, "pre_join_head": {"position": True, "hash": digest}}, "whole number"),
+        ({**ready, "export": {**ready["export"], "events": 11}}, "whole pre-join trail"),
+        ({**ready, "postgres_port": 70000}, "TCP port"),
+        ({**ready, "member": "../etc"}, "not a member name"),
+        ({**failed, "reason": ""}, "non-empty"),
+        ({**failed, "pre_join_head": ready["pre_join_head"]}, "carries no"),
+        ([ready], "JSON object"),
+    ]
+    for body, message in broken:
+        with pytest.raises(protocol.ProtocolError) as refused:
+            protocol.parse_replica_report(body)
+        assert refused.value.code == "bad_request" and message in refused.value.message, (body, refused.value.message)
