@@ -66,6 +66,25 @@ class FlatSelect(forms.Select):
         return mark_safe("".join(parts))
 
 
+class _FlatInput:
+    """An input rendered in Python to the very markup of Django's input template
+    (``django/forms/widgets/input.html``): the audit page shows six of them."""
+
+    def render(self, name, value, attrs=None, renderer=None):
+        widget = self.get_context(name, value, attrs)["widget"]
+        value_part = "" if widget["value"] is None else format_html(' value="{}"', str(widget["value"]))
+        return mark_safe(format_html('<input type="{}" name="{}"', widget["type"], widget["name"])
+                         + value_part + _html_attrs(widget["attrs"]) + ">")
+
+
+class FlatTextInput(_FlatInput, forms.TextInput):
+    pass
+
+
+class FlatDateTimeInput(_FlatInput, forms.DateTimeInput):
+    pass
+
+
 @lru_cache(maxsize=32)
 def _option_markup(choices: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str, str], ...]:
     return tuple(
@@ -80,17 +99,17 @@ _LOCAL_TIME_FORMATS = ["%Y-%m-%dT%H:%M", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d %H:%M", 
 
 
 class AuditFilterForm(forms.Form):
-    actor = forms.CharField(required=False, max_length=150, label="Actor")
+    actor = forms.CharField(required=False, max_length=150, label="Actor", widget=FlatTextInput)
     action = forms.ChoiceField(required=False, choices=_ANY + AuditAction.choices, widget=FlatSelect)
     outcome = forms.ChoiceField(required=False, choices=_ANY + Outcome.choices, widget=FlatSelect)
-    target = forms.CharField(required=False, max_length=512, label="Target")
+    target = forms.CharField(required=False, max_length=512, label="Target", widget=FlatTextInput)
     time_from = forms.DateTimeField(
         required=False, label="From", input_formats=_LOCAL_TIME_FORMATS,
-        widget=forms.DateTimeInput(attrs={"type": "datetime-local"}, format="%Y-%m-%dT%H:%M"),
+        widget=FlatDateTimeInput(attrs={"type": "datetime-local"}, format="%Y-%m-%dT%H:%M"),
     )
     time_to = forms.DateTimeField(
         required=False, label="To", input_formats=_LOCAL_TIME_FORMATS,
-        widget=forms.DateTimeInput(attrs={"type": "datetime-local"}, format="%Y-%m-%dT%H:%M"),
+        widget=FlatDateTimeInput(attrs={"type": "datetime-local"}, format="%Y-%m-%dT%H:%M"),
     )
 
     def clean(self):
@@ -112,7 +131,8 @@ class AuditFilterForm(forms.Form):
 
 
 class ExportForm(forms.Form):
-    format = forms.ChoiceField(choices=[("csv", "CSV"), ("jsonl", "JSON Lines"), ("pdf", "PDF report")])
+    format = forms.ChoiceField(choices=[("csv", "CSV"), ("jsonl", "JSON Lines"), ("pdf", "PDF report")],
+                               widget=FlatSelect)
 
 
 class SiemForm(forms.Form):

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+from functools import lru_cache
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.serialization import Encoding, NoEncryption, PrivateFormat, PublicFormat
@@ -33,6 +34,7 @@ def key_id_of(public: bytes) -> str:
     return hashlib.sha256(public).hexdigest()[:16]
 
 
+@lru_cache(maxsize=16)
 def public_pem(public_b64: str) -> str:
     key = Ed25519PublicKey.from_public_bytes(base64.b64decode(public_b64))
     return key.public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo).decode("ascii")

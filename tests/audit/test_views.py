@@ -153,3 +153,23 @@ def test_the_flat_select_renders_exactly_what_djangos_select_template_renders(va
     for _ in range(2):  # the second time from the cached option markup
         assert FlatSelect(choices=choices).render("action", value, attrs) == \
             forms.Select(choices=choices).render("action", value, attrs)
+
+
+@pytest.mark.parametrize("data", [{}, {"actor": 'x"><script>', "target": "user:a&b", "time_from": "2026-01-02T03:04",
+                                       "time_to": "not a time"}, {"actor": "", "time_from": "2026-01-02"}])
+def test_the_flat_inputs_render_exactly_what_djangos_input_template_renders(data):
+    from django import forms
+
+    from pamportal.audit.forms import AuditFilterForm, FlatDateTimeInput, FlatTextInput
+
+    form = AuditFilterForm(data or None)
+    for name in ("actor", "target", "time_from", "time_to"):
+        bound = form[name]
+        widget = bound.field.widget
+        assert isinstance(widget, (FlatTextInput, FlatDateTimeInput))
+        django_widget = (forms.TextInput if isinstance(widget, FlatTextInput) else forms.DateTimeInput)(
+            attrs={**widget.attrs, "type": widget.input_type}, **({"format": widget.format} if isinstance(widget, FlatDateTimeInput) else {}))
+        attrs = bound.build_widget_attrs({"id": bound.auto_id})
+        value = bound.value()
+        assert widget.render(bound.html_name, value, attrs) == django_widget.render(bound.html_name, value, attrs)
+        assert str(bound) == bound.as_widget(widget=django_widget)
