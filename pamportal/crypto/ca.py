@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import ipaddress
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
+from functools import lru_cache
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -199,6 +200,15 @@ def issue_node_certificate(
 
 
 def certificate_info(cert_pem: bytes) -> CertificateInfo:
+    """What a certificate says. A function of the bytes alone, so the parse is kept for
+    the few certificates a node shows on every dashboard (each caller gets its own
+    list of names)."""
+    info = _certificate_info(bytes(cert_pem))
+    return replace(info, names=list(info.names))
+
+
+@lru_cache(maxsize=32)
+def _certificate_info(cert_pem: bytes) -> CertificateInfo:
     cert = x509.load_pem_x509_certificate(cert_pem)
     names: list[str] = []
     try:
