@@ -84,7 +84,11 @@ def _row(page: str, address: str) -> str:
 def test_a_node_not_on_patroni_says_where_its_data_is_and_calls_nobody(leader, patroni, as_role):
     client = as_role("viewer")
     page = _page(client)
-    assert "This node&#x27;s data is in SQLite (the embedded default); not replicated" in page
+    from django.conf import settings
+
+    where = ("SQLite (the embedded default)" if settings.DATABASES["default"]["ENGINE"].endswith("sqlite3")
+             else "the configured database (DATABASE_URL)")
+    assert f"This node&#x27;s data is in {where}; not replicated" in page
     assert "manage.py database_to_patroni" in page
     assert "Database role" not in page
     assert patroni.calls == 0

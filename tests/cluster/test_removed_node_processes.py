@@ -247,7 +247,7 @@ def test_removal_approved_while_the_node_is_down_and_it_starts_later(tmp_path):
         try:
             nodes, mek_text = form_cluster(tmp_path, addresses, sntp.address)
             env = nodes[removed_address]
-            env.stop()  # serve, its console, worker and etcd member
+            env.stop(keep_database=True)  # serve, its console, worker and etcd member: down, not gone
             wait_for(lambda: not etcd_pids(env), timeout=30, what="the node to be down")
             pk, _ = request_removal(nodes[leader_address], removed_address, ("approver-5", "approver-6"))
             state = wait_for(lambda: run(nodes[leader_address], f"""

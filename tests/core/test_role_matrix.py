@@ -147,6 +147,7 @@ MATRIX: dict[tuple[str, str], dict[str, int]] = {
     ("cluster_api:join", "POST"): everyone(400),
     ("cluster_api:join", "GET"): everyone(405),
     ("cluster_api:join_status", "GET"): everyone(404),
+    ("cluster_api:join_replica", "POST"): everyone(400),  # empty body: refused before the join is looked up
     ("cluster_api:time", "GET"): everyone(200),
     ("cluster_api:heartbeat", "GET"): everyone(200),
     ("cluster_api:removed", "POST"): everyone(401),  # no client certificate
@@ -272,7 +273,7 @@ def _kwargs(name: str, world) -> dict:
         return {"kind": "join", "pk": 999999}
     if name == "cluster:member_remove":
         return {"pk": 999999}
-    if name == "cluster_api:join_status":
+    if name in ("cluster_api:join_status", "cluster_api:join_replica"):
         return {"request_id": uuid.UUID(int=2)}
     if name in ("preflight:detail", "preflight:results"):
         return {"pk": world["preflight_run"].pk}

@@ -100,12 +100,14 @@ class NodeEnv:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(timeout=10)
 
-    def stop(self) -> None:
+    def stop(self, *, keep_database: bool = False) -> None:
+        """Stop the node's processes; and drop its PostgreSQL database, unless the node
+        is to be started again (``keep_database``: a node that was down for a while)."""
         for proc in self.processes:
             if proc.poll() is None:
                 self.kill(proc, signal.SIGTERM)
         self.processes.clear()
-        if self._pg_admin_url:
+        if self._pg_admin_url and not keep_database:
             with psycopg.connect(self._pg_admin_url, autocommit=True) as conn:
                 conn.execute(f'DROP DATABASE IF EXISTS "{self.name}" WITH (FORCE)')
             self._pg_admin_url = None
