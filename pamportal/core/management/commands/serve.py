@@ -389,6 +389,12 @@ class Command(BaseCommand):
         for name in [n for n in processes if n not in ("web", "worker") and n not in wanted]:
             self.stdout.write(f"{name} is no longer needed on this node: stopping it")
             self._stop_all({name: processes.pop(name)})
+        # A process that exited on its own (etcd exits once its peers removed it) and was
+        # waiting for its restart when it stopped being wanted: say so, never silently.
+        for name in [n for n in restart_after if n not in processes and n not in wanted]:
+            self.stdout.write(f"{name} is no longer needed on this node: not starting it again")
+            restart_after.pop(name)
+            backoff.pop(name, None)
         for name, (command, env) in wanted.items():
             proc = processes.get(name)
             if proc is not None and proc.poll() is None:
