@@ -36,6 +36,7 @@ from pamportal.jobs.registry import JobKind, StepSpec, register
 from pamportal.jobs.services import job_create
 from pamportal.nodes import keys, keystore
 from pamportal.nodes import services as node_services
+from pamportal.nodes.identity import node_filter, own_rows
 from pamportal.nodes.models import Certificate, Node, NodeRole
 from pamportal.preflight import conf as preflight_conf
 from pamportal.preflight.checks import check_address_self
@@ -139,7 +140,7 @@ def _forget_join_mek(join: FollowerJoin, *, reason: str) -> bool:
     node, now that the join ended without joining, so that a bundle of another cluster
     opens with its own MEK. Kept when the node holds it for anything else: its own
     (the wizard's, or kept after a wipe), or bound (``keys.mek_binding``)."""
-    node = Node.objects.filter(pk=Node.SINGLETON_PK).first()
+    node = Node.objects.filter(**node_filter()).first()
     if node is not None and node.mek_fingerprint:
         return False
     if keys.mek_binding():
@@ -167,7 +168,7 @@ def join_discard(*, user) -> FollowerJoin | None:
     """Drop the join that has not been sent (or that the leader ended), so the operator
     can open another bundle. Refused while a request waits on the leader or the node
     is joining: the leader holds that request, and only it can end it."""
-    join = FollowerJoin.objects.select_for_update().order_by("-pk").first()
+    join = own_rows(FollowerJoin.objects, "own_address").select_for_update().order_by("-pk").first()
     if join is None:
         return None
     if join.state not in RESTARTABLE_STATES:
@@ -397,7 +398,7 @@ def _apply_handover(join: FollowerJoin, handover: dict) -> None:
     now = timezone.now()
     with transaction.atomic():
         keys.certificates_install(ca_cert_pem=ca_pem, cert_pem=cert_pem, sealed_key=join.sealed_node_key, now=now)
-        node, _ = Node.objects.select_for_update().get_or_create(pk=Node.SINGLETON_PK)
+        node, _ = Node.objects.select_for_update().get_or_create(**node_filter())
         node.address = join.own_address
         node.role = NodeRole.FOLLOWER
         node.mek_fingerprint = join.mek_fingerprint
@@ -421,7 +422,7 @@ def _apply_handover(join: FollowerJoin, handover: dict) -> None:
 
 def _finish(join: FollowerJoin) -> None:
     with transaction.atomic():
-        Node.objects.filter(pk=Node.SINGLETON_PK).update(finalised_at=timezone.now(), finalised_by=join.created_by)
+        Node.objects.filter(**node_filter()).update(finalised_at=timezone.now(), finalised_by=join.created_by)
         join.state = JoinState.JOINED
         join.save(update_fields=["state", "updated_at"])
         audit_record(action=AuditAction.JOIN_COMPLETED, target=f"node:{join.own_address}",
@@ -438,7 +439,7 @@ def _handover_undo(join: FollowerJoin) -> list[str]:
     current = Certificate.objects.filter(replaced_at__isnull=True)
     serials = list(current.values_list("serial", flat=True))
     current.update(replaced_at=now)
-    node = Node.objects.select_for_update().filter(pk=Node.SINGLETON_PK).first()
+    node = Node.objects.select_for_update().filter(**node_filter()).first()
     if node is not None and node.finalised_at is None:
         node.role = NodeRole.STANDALONE
         if node.mek_fingerprint == join.mek_fingerprint and node.mek_generated_at is None:
@@ -597,7 +598,8 @@ def _switch(ctx, join: FollowerJoin) -> dict:
                                   "pre_join_head": join.replica.get("pre_join_head"),
                                   "export": join.replica.get("export_path")})
     # After the record commits (a step run again writes it again: the record says switched).
-    written = replication_join.database_switch(hosts=hosts, member=join.replica["member"])
+    written = replication_join.database_switch(hosts=hosts, member=join.replica["member"],
+                                               node_address=join.own_address)
     ctx.log("database.json written: this node now uses the cluster's database ("
             + ", ".join(f"{h.host}:{h.port}" for h in written.hosts) + "); the node's supervisor moves the console "
             "and the worker onto it")

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from pamportal.jobs.models import Job
+from pamportal.nodes.identity import own_rows
 
 from .follower_models import FollowerJoin, JoinState
 
 
 def join_current() -> FollowerJoin | None:
     """The newest join this node started (finished or not), or None."""
-    return FollowerJoin.objects.select_related("job").order_by("-pk").first()
+    return own_rows(FollowerJoin.objects, "own_address").select_related("job").order_by("-pk").first()
 
 
 def joining_cluster() -> bool:

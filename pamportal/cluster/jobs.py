@@ -35,7 +35,7 @@ from .etcd import EtcdException, LearnerNotReady, MemberNotLearner
 from .etcd_process import certificate_addresses, initial_cluster_for_join
 from .follower_models import JoinReplica
 from .local_etcd import member_name
-from .members import ca_row, certificate_revoke, leader_member_ensure, node_locked
+from .members import ca_row, certificate_revoke, follower_node_forget, leader_member_ensure, node_locked
 from .models import ClusterMember, JoinRequest, MemberRole, MemberState, RemovalRequest, RequestState
 from .quorum import quorum_ok_after_remove
 from .refusals import request_target
@@ -132,6 +132,7 @@ def join_undo(*, request_id: int, reason: str, log=None) -> bool:
                                               reason=f"join failed: {reason}")
         ClusterMember.objects.filter(address=address, role=MemberRole.FOLLOWER,
                                      state__in=[MemberState.JOINING]).update(state=MemberState.FAILED)
+        follower_node_forget(address)
         first = request.state != RequestState.FAILED
         request.state = RequestState.FAILED
         if first or not request.failure_reason:

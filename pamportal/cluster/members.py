@@ -13,7 +13,8 @@ from django.utils import timezone
 
 from pamportal.audit.actions import AuditAction
 from pamportal.audit.services import audit_record
-from pamportal.nodes.models import Certificate, CertificateKind, Node
+from pamportal.nodes.identity import node_filter
+from pamportal.nodes.models import Certificate, CertificateKind, Node, NodeRole
 from pamportal.nodes.selectors import node_address
 
 from . import connections
@@ -33,7 +34,35 @@ from .models import (
 def node_locked():
     """This node's row, locked: every change to membership or bundles takes it first,
     so the licence cap and address checks cannot race."""
-    return Node.objects.select_for_update().filter(pk=Node.SINGLETON_PK).first()
+    return Node.objects.select_for_update().filter(**node_filter()).first()
+
+
+def follower_node_record(*, address: str, finalised_by: str) -> Node:
+    """Inside the caller's transaction, when a joining follower's database replica is
+    ready: its row in the cluster's database, which it reads as its own once it
+    switches to that database (``nodes.identity``: its ``database.json`` names its
+    address). Its setup is the cluster's: finalised, the cluster's MEK and licence, and
+    the cluster's time sources (the leader's NTP servers, which the follower's checks
+    against the leader compared it with)."""
+    leader = Node.objects.filter(**node_filter()).first()
+    now = timezone.now()
+    node, _ = Node.objects.select_for_update().update_or_create(address=address, defaults={
+        "role": NodeRole.FOLLOWER,
+        "ntp_servers": list(leader.ntp_servers) if leader is not None else [],
+        "preflight_passed_at": now,
+        "licence_done_at": leader.licence_done_at if leader is not None else None,
+        "mek_fingerprint": leader.mek_fingerprint if leader is not None else "",
+        "mek_confirmed_at": now,
+        "finalised_at": now,
+        "finalised_by": finalised_by[:150],
+    })
+    return node
+
+
+def follower_node_forget(address: str) -> int:
+    """Inside the caller's transaction, when a join is undone: the follower's row made
+    for it in the cluster's database (if any) goes; the leader's own row never does."""
+    return Node.objects.filter(address=address, role=NodeRole.FOLLOWER).exclude(**node_filter()).delete()[0]
 
 
 def ca_row():

@@ -29,7 +29,9 @@ from pamportal.audit.refusals import Refused, audited_refusals
 from pamportal.audit.services import audit_record
 from pamportal.core.files import write_private
 from pamportal.crypto import ca as ca_format
+from pamportal.nodes.identity import node_filter, own_rows
 from pamportal.nodes.models import Certificate, CertificateKind, Node, NodeRole
+from pamportal.nodes.selectors import certificate_is_own
 from pamportal.nodes.services import ca_cert_path
 
 from . import conf, local_etcd, protocol
@@ -82,7 +84,7 @@ class RemovalRefused(Refused):
 # --- reads -------------------------------------------------------------------------------------
 def removal_current() -> NodeRemoval | None:
     """The removal every page shows: the newest one whose cluster state is not wiped."""
-    return NodeRemoval.objects.filter(wiped_at__isnull=True).order_by("-pk").first()
+    return own_rows(NodeRemoval.objects, "address").filter(wiped_at__isnull=True).order_by("-pk").first()
 
 
 def removal_current_for(request) -> NodeRemoval | None:
@@ -95,12 +97,13 @@ def removal_current_for(request) -> NodeRemoval | None:
 
 def _member_join() -> FollowerJoin | None:
     """The join that made this node a member (handed over or joined), if it is the newest."""
-    join = FollowerJoin.objects.order_by("-pk").first()
+    join = own_rows(FollowerJoin.objects, "own_address").order_by("-pk").first()
     return join if join is not None and join.state in MEMBER_JOIN_STATES else None
 
 
 def _own_certificate() -> Certificate | None:
-    return Certificate.objects.filter(kind=CertificateKind.NODE_TLS, replaced_at__isnull=True).first()
+    row = Certificate.objects.filter(kind=CertificateKind.NODE_TLS, replaced_at__isnull=True).first()
+    return row if certificate_is_own(row) else None
 
 
 def _cluster_ca() -> Certificate | None:
@@ -223,7 +226,8 @@ def removal_notice_accept(*, peer_der: bytes | None, body: bytes, source_ip: str
         raise RemovalRefused("wrong_node", f"The notice is for {notice.address[:80]} with certificate "
                                            f"{notice.certificate_serial[:64]}, not for this node "
                                            f"({join.own_address}).", **facts)
-    removal = NodeRemoval.objects.select_for_update().filter(wiped_at__isnull=True).order_by("-pk").first()
+    removal = (own_rows(NodeRemoval.objects, "address").select_for_update().filter(wiped_at__isnull=True)
+               .order_by("-pk").first())
     told = {"request_number": notice.request_number, "request_id": notice.request_id,
             "removed_at": notice.removed_at, "reason": notice.reason, "leader_address": notice.leader_address}
     if removal is not None and removal.request_number == notice.request_number:
@@ -379,7 +383,8 @@ def cluster_state_wipe(*, user, confirmation: str) -> NodeRemoval:
     another cluster replaces it, and the setup wizard keeps it when typed back or
     discards it for a new one; either way the audit signing key is re-sealed, not lost
     (``nodes.keys.mek_change_prepare``)."""
-    removal = NodeRemoval.objects.select_for_update().filter(wiped_at__isnull=True).order_by("-pk").first()
+    removal = (own_rows(NodeRemoval.objects, "address").select_for_update().filter(wiped_at__isnull=True)
+               .order_by("-pk").first())
     if removal is None:
         raise _wipe_refused("not_removed", "This node has not been removed from a cluster; there is nothing to wipe.")
     expected = wipe_confirmation(removal)
@@ -390,14 +395,14 @@ def cluster_state_wipe(*, user, confirmation: str) -> NodeRemoval:
     username = user.get_username() if user is not None else ""
     replaced = list(Certificate.objects.filter(replaced_at__isnull=True).values_list("kind", "serial"))
     Certificate.objects.filter(replaced_at__isnull=True).update(replaced_at=now)
-    node, _ = Node.objects.select_for_update().get_or_create(pk=Node.SINGLETON_PK)
+    node, _ = Node.objects.select_for_update().get_or_create(**node_filter())
     node.role = NodeRole.STANDALONE
     node.finalised_at = None
     node.finalised_by = ""
     node.save()
     when = timezone.localtime(removal.removed_on).strftime("%Y-%m-%d")
     by = f" by request {removal.request_number}" if removal.request_number else ""
-    for join in FollowerJoin.objects.select_for_update().filter(state__in=MEMBER_JOIN_STATES):
+    for join in own_rows(FollowerJoin.objects, "own_address").select_for_update().filter(state__in=MEMBER_JOIN_STATES):
         join.state = JoinState.FAILED
         join.failure_reason = (f"Removed from cluster {removal.cluster_id} on {when}{by}; its cluster state was "
                                f"wiped by {username}.")

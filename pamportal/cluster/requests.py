@@ -28,7 +28,7 @@ from pamportal.nodes import keystore
 
 from . import protocol
 from .follower_models import JoinReplica
-from .members import node_locked
+from .members import follower_node_record, node_locked
 from .models import (
     LIVE_MEMBER_STATES,
     Approval,
@@ -199,6 +199,7 @@ def _replica_report_record(*, request_pk: int, report: protocol.ReplicaReport) -
     replica.export = report.export
     replica.save()
     if report.outcome == "ready":
+        follower_node_record(address=request.follower_address, finalised_by=f"join request {request.pk}")
         audit_record(action=AuditAction.CLUSTER_JOIN_REPLICA_READY, target=target,
                      details={"address": request.follower_address, "member": report.member,
                               "postgres_port": report.postgres_port, "pre_join_head": {"position": report.head_position, "hash": report.head_hash},

@@ -13,6 +13,7 @@ from django.http import Http404
 from django.utils import timezone
 
 from pamportal.accounts.roles import has_capability
+from pamportal.nodes.identity import own_rows
 from pamportal.nodes.selectors import node_address, node_current
 
 from . import connections
@@ -380,11 +381,17 @@ def node_standing(*, role: str | None = None) -> NodeStanding:
 
     from .follower_models import FollowerJoin, JoinState
 
-    join = (FollowerJoin.objects.filter(state__in=(JoinState.JOINING, JoinState.JOINED))
+    join = (own_rows(FollowerJoin.objects, "own_address").filter(state__in=(JoinState.JOINING, JoinState.JOINED))
             .order_by("-pk").only("leader_address").first())
     role = role if role is not None else node_current().role
-    if join is not None or role == NodeRole.FOLLOWER:
-        return NodeStanding(role=NodeRole.FOLLOWER, leader_address=join.leader_address if join is not None else "")
+    if join is not None:
+        return NodeStanding(role=NodeRole.FOLLOWER, leader_address=join.leader_address)
+    if role == NodeRole.FOLLOWER:
+        # A member of a replicated cluster: its join is in its database from before
+        # the join; the cluster's database says who leads.
+        leader = (ClusterMember.objects.filter(role=MemberRole.LEADER, state__in=LIVE_MEMBER_STATES)
+                  .values_list("address", flat=True).first())
+        return NodeStanding(role=NodeRole.FOLLOWER, leader_address=leader or "")
     return NodeStanding(role=role)
 
 

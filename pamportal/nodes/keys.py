@@ -19,6 +19,7 @@ from django.views.decorators.debug import sensitive_variables
 from pamportal.audit.actions import AuditAction, Outcome
 from pamportal.audit.services import audit_record
 from pamportal.crypto import ca, mek
+from pamportal.nodes.identity import node_filter, own_rows
 
 from . import keystore
 from .models import SEAL_PURPOSE, Certificate, CertificateKind, Node
@@ -260,11 +261,11 @@ def mek_binding() -> str:
     wizard's key before finalise, a cluster's key kept after a wipe)."""
     from pamportal.cluster.follower_models import FollowerJoin  # the cluster app builds on this one
 
-    if Node.objects.filter(pk=Node.SINGLETON_PK, finalised_at__isnull=False).exists():
+    if Node.objects.filter(**node_filter(), finalised_at__isnull=False).exists():
         return "this node's setup is finalised with it"
     if Certificate.objects.filter(replaced_at__isnull=True).exists():
         return "this node's current certificates are sealed with it"
-    if FollowerJoin.objects.filter(state__in=BOUND_JOIN_STATES).exists():
+    if own_rows(FollowerJoin.objects, "own_address").filter(state__in=BOUND_JOIN_STATES).exists():
         return "a join request proved with it is with the leader"
     return ""
 
@@ -293,7 +294,7 @@ def mek_change_prepare(*, new_key: bytes | None, reason: str) -> dict:
     old = mek.fingerprint(old_key)
     moved = signing.signing_keys_reseal(old_mek=old_key, new_mek=new_key)
     certificate_keys = Certificate.objects.filter(replaced_at__isnull=False).exclude(sealed_key="").update(sealed_key="")
-    joins = FollowerJoin.objects.select_for_update().exclude(state__in=BOUND_JOIN_STATES)
+    joins = own_rows(FollowerJoin.objects, "own_address").select_for_update().exclude(state__in=BOUND_JOIN_STATES)
     ended = 0
     for join in joins.filter(state__in=(JoinState.OPENED, JoinState.CHECKED)):
         join.state, join.failure_reason = JoinState.FAILED, f"Ended: this node's Master Encryption Key was {reason}."
@@ -301,7 +302,7 @@ def mek_change_prepare(*, new_key: bytes | None, reason: str) -> dict:
         ended += 1
     join_secrets = joins.filter(~Q(sealed_join_token="") | ~Q(sealed_poll_secret="") | ~Q(sealed_node_key="")).update(
         sealed_join_token="", sealed_poll_secret="", sealed_node_key="")
-    node = Node.objects.select_for_update().filter(pk=Node.SINGLETON_PK).first()
+    node = Node.objects.select_for_update().filter(**node_filter()).first()
     if node is not None and node.mek_fingerprint and hmac.compare_digest(node.mek_fingerprint, old):
         node.mek_fingerprint = ""
         node.mek_generated_at = node.mek_shown_at = node.mek_downloaded_at = node.mek_confirmed_at = None

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from pamportal.audit.refusals import Refused
+from pamportal.nodes.identity import node_filter
 
 from .models import Node
 from .selectors import NODE_STEPS, node_setup_due
@@ -30,8 +31,8 @@ class StepResult:
 
 def node_locked() -> Node:
     """This node's row, created if need be, locked until the transaction ends."""
-    Node.objects.get_or_create(pk=Node.SINGLETON_PK)
-    return Node.objects.select_for_update().get(pk=Node.SINGLETON_PK)
+    Node.objects.get_or_create(**node_filter())
+    return Node.objects.select_for_update().get(**node_filter())
 
 
 def refuse_if_finalised(node: Node) -> None:

@@ -11,6 +11,7 @@ from django.conf import settings
 from pamportal.crypto.ca import certificate_info
 from pamportal.jobs.choices import ACTIVE, Status
 from pamportal.jobs.models import Job
+from pamportal.nodes.identity import node_filter, shared_database_address
 
 from .facts import KIND as FACTS_KIND
 from .models import Certificate, CertificateKind, Node
@@ -23,9 +24,16 @@ class NodeFacts:
     collected_at: datetime | None
 
 
+def _facts_jobs():
+    """Facts jobs: on the cluster's shared database, this node's alone (their params
+    carry its address)."""
+    address = shared_database_address()
+    return Job.objects.filter(params__node_address=address) if address else Job.objects.all()
+
+
 def node_facts_latest() -> NodeFacts | None:
     """The merged step results of the newest succeeded "node.facts" job, or None."""
-    job = Job.objects.filter(kind=FACTS_KIND, status=Status.SUCCEEDED).order_by("-finished_at", "-id").first()
+    job = _facts_jobs().filter(kind=FACTS_KIND, status=Status.SUCCEEDED).order_by("-finished_at", "-id").first()
     return _facts_of(job) if job is not None else None
 
 
@@ -38,12 +46,12 @@ def _facts_of(job: Job) -> NodeFacts:
 
 def node_facts_running() -> Job | None:
     """The newest facts job still pending or running, or None."""
-    return Job.objects.filter(kind=FACTS_KIND, status__in=ACTIVE).order_by("-created_at", "-id").first()
+    return _facts_jobs().filter(kind=FACTS_KIND, status__in=ACTIVE).order_by("-created_at", "-id").first()
 
 
 def node_facts_last_failure(after: NodeFacts | None) -> Job | None:
     """The newest facts job that ended without success after the facts shown, if any."""
-    jobs = Job.objects.filter(kind=FACTS_KIND, status__in=[Status.FAILED, Status.CANCELLED])
+    jobs = _facts_jobs().filter(kind=FACTS_KIND, status__in=[Status.FAILED, Status.CANCELLED])
     if after is not None:
         jobs = jobs.filter(created_at__gt=after.job.created_at)
     return jobs.order_by("-created_at", "-id").first()
@@ -63,7 +71,7 @@ def node_facts_overview() -> FactsOverview:
     """``node_facts_latest``, ``node_facts_running`` and ``node_facts_last_failure`` as
     the dashboard shows them, from one query over the newest facts jobs (and the steps
     of the one shown); the three queries only when that window holds no success."""
-    recent = list(Job.objects.filter(kind=FACTS_KIND).order_by("-created_at", "-id")[:_FACTS_WINDOW])
+    recent = list(_facts_jobs().filter(kind=FACTS_KIND).order_by("-created_at", "-id")[:_FACTS_WINDOW])
     succeeded = [job for job in recent if job.status == Status.SUCCEEDED]
     if not succeeded and len(recent) == _FACTS_WINDOW:
         latest = node_facts_latest()
@@ -79,8 +87,9 @@ def node_facts_overview() -> FactsOverview:
 # --- this node's identity, setup progress and certificates ------------------------------
 def node_current() -> Node:
     """This node's row, or an unsaved one with the defaults when setup has not begun."""
-    node = Node.objects.filter(pk=Node.SINGLETON_PK).first()
-    return node if node is not None else Node(pk=Node.SINGLETON_PK, address="", ntp_servers=[])
+    lookup = node_filter()
+    node = Node.objects.filter(**lookup).first()
+    return node if node is not None else Node(pk=lookup.get("pk"), address=lookup.get("address", ""), ntp_servers=[])
 
 
 def node_address(node=None) -> str:
@@ -90,7 +99,7 @@ def node_address(node=None) -> str:
 
 
 def node_is_finalised() -> bool:
-    return Node.objects.filter(pk=Node.SINGLETON_PK, finalised_at__isnull=False).exists()
+    return Node.objects.filter(**node_filter(), finalised_at__isnull=False).exists()
 
 
 # --- how far this node's setup has come ---------------------------------------------------
@@ -141,15 +150,33 @@ def _view(title: str, cert_pem: bytes, source: str) -> CertificateView:
     )
 
 
+def certificate_is_own(row: Certificate | None) -> bool:
+    """Whether a node certificate row is this node's: always on a database of the
+    node's own; on the cluster's shared database, only the one issued to this node's
+    address (the others are the other members')."""
+    if row is None:
+        return False
+    address = shared_database_address()
+    return not address or address in (row.names or [])
+
+
 def certificates_current() -> list[CertificateView]:
     """The cluster CA and this node's certificate once setup is finalised; before that,
-    the self-signed certificate the console was started with (if readable)."""
+    the self-signed certificate the console was started with (if readable). A member
+    of a replicated cluster whose certificate the shared database does not hold shows
+    the certificate file its console serves."""
     rows = {c.kind: c for c in Certificate.objects.filter(replaced_at__isnull=True)}
     views = []
     if CertificateKind.CLUSTER_CA in rows:
         views.append(_view("Cluster CA", rows[CertificateKind.CLUSTER_CA].cert_pem.encode(), "created at finalise"))
-    if CertificateKind.NODE_TLS in rows:
+    if certificate_is_own(rows.get(CertificateKind.NODE_TLS)):
         views.append(_view("This node (HTTPS)", rows[CertificateKind.NODE_TLS].cert_pem.encode(), "signed by the cluster CA"))
+    elif views:
+        try:
+            views.append(_view("This node (HTTPS)", settings.PAM_TLS_CERT.read_bytes(),
+                               "signed by the cluster CA (the file this node's console serves)"))
+        except (OSError, ValueError):
+            pass
     if not views:
         try:
             pem = settings.PAM_TLS_CERT.read_bytes()

@@ -12,8 +12,9 @@ from pamportal.jobs.services import job_create
 
 from . import keystore
 from .facts import KIND as FACTS_KIND
+from .identity import shared_database_address
 from .models import SEAL_PURPOSE, Certificate, CertificateKind
-from .selectors import node_facts_running
+from .selectors import certificate_is_own, node_facts_running
 
 
 def node_facts_collect(*, user, enqueue: bool = True) -> tuple[Job, bool]:
@@ -24,7 +25,10 @@ def node_facts_collect(*, user, enqueue: bool = True) -> tuple[Job, bool]:
     running = node_facts_running()
     if running is not None:
         return running, False
-    return job_create(kind=FACTS_KIND, created_by=user, enqueue=enqueue), True
+    address = shared_database_address()
+    # On the cluster's shared database the facts are this node's: its address goes with them.
+    return job_create(kind=FACTS_KIND, params={"node_address": address} if address else None, created_by=user,
+                      enqueue=enqueue), True
 
 
 # --- the TLS files gunicorn serves ------------------------------------------------------
@@ -52,8 +56,8 @@ def node_tls_files_restore() -> bool:
     (the key unsealed with the MEK). False if the node has no certificate yet."""
     rows = {c.kind: c for c in Certificate.objects.filter(replaced_at__isnull=True)}
     node, ca_row = rows.get(CertificateKind.NODE_TLS), rows.get(CertificateKind.CLUSTER_CA)
-    if node is None or ca_row is None:
-        return False
+    if not certificate_is_own(node) or ca_row is None:
+        return False  # on the cluster's shared database: another member's, never written here
     key_pem = keystore.unseal(purpose=SEAL_PURPOSE[CertificateKind.NODE_TLS], sealed=node.sealed_key)
     node_tls_files_write(cert_pem=node.cert_pem.encode(), key_pem=key_pem, ca_cert_pem=ca_row.cert_pem.encode())
     return True

@@ -124,6 +124,9 @@ class DatabaseFile:
     member: str
     moved_at: str = ""
     sqlite_kept: str = ""
+    # This node's address: which of the shared database's node rows is this node's own
+    # (``nodes.identity``). Empty in a file from before it was written.
+    node_address: str = ""
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -133,6 +136,7 @@ class DatabaseFile:
             "member": self.member,
             "moved_at": self.moved_at,
             "sqlite_kept": self.sqlite_kept,
+            "node_address": self.node_address,
         }
 
 
@@ -176,7 +180,7 @@ def parse_database_file(raw: bytes, path: Path | str = FILE_NAME) -> DatabaseFil
         raise DatabaseFileError(path, f"format is {data.get('format')!r}, not {FORMAT!r}")
     if data.get("version") != VERSION:
         raise DatabaseFileError(path, f"version {data.get('version')!r} is not supported (this release reads {VERSION})")
-    unknown = set(data) - {"format", "version", "hosts", "member", "moved_at", "sqlite_kept"}
+    unknown = set(data) - {"format", "version", "hosts", "member", "moved_at", "sqlite_kept", "node_address"}
     if unknown:
         raise DatabaseFileError(path, f"unknown fields {sorted(unknown)}")
     hosts = data.get("hosts")
@@ -195,7 +199,11 @@ def parse_database_file(raw: bytes, path: Path | str = FILE_NAME) -> DatabaseFil
     moved_at, kept = data.get("moved_at", ""), data.get("sqlite_kept", "")
     if not isinstance(moved_at, str) or not isinstance(kept, str):
         raise DatabaseFileError(path, "'moved_at' and 'sqlite_kept' must be strings")
-    return DatabaseFile(hosts=tuple(parsed), member=member, moved_at=moved_at, sqlite_kept=kept)
+    node_address = data.get("node_address", "")
+    if node_address != "":
+        node_address = _host(node_address, path)
+    return DatabaseFile(hosts=tuple(parsed), member=member, moved_at=moved_at, sqlite_kept=kept,
+                        node_address=node_address)
 
 
 def _signature(st: os.stat_result) -> tuple[int, ...]:
@@ -488,7 +496,7 @@ def database_hosts_update(data_dir: Path | str, hosts: Iterable[DatabaseHost | t
                 raise DatabaseFileError(path, "there is no such file: this node does not run on PostgreSQL under "
                                               "Patroni (manage.py database_to_patroni)")
             updated = DatabaseFile(hosts=new_hosts, member=current.member, moved_at=current.moved_at,
-                                   sqlite_kept=current.sqlite_kept)
+                                   sqlite_kept=current.sqlite_kept, node_address=current.node_address)
             text = (json.dumps(updated.to_json(), indent=2) + "\n").encode()
             parse_database_file(text, path)  # what every reader will accept, checked before it is written
             from pamportal.core.files import write_private

@@ -253,9 +253,10 @@ def pre_join_audit_seal(*, action: str, target: str, details: dict) -> dict:
 
 
 # --- 3. the switch --------------------------------------------------------------------------------
-def database_switch(*, hosts: list[dict], member: str) -> database.DatabaseFile:
+def database_switch(*, hosts: list[dict], member: str, node_address: str) -> database.DatabaseFile:
     """Write ``database.json``: the cluster's hosts as the leader listed them (leader
-    first), then this node's own member. Checked as every reader will read it, written
+    first), then this node's own member; ``node_address`` names this node's row in the
+    cluster's database (the leader made it when the replica was reported ready). Checked as every reader will read it, written
     atomically 0600. The SQLite file stays where it is (processes still have it open
     until serve moves them); the file names it as kept."""
     own = database.own_database_host()
@@ -267,7 +268,7 @@ def database_switch(*, hosts: list[dict], member: str) -> database.DatabaseFile:
     default = settings.DATABASES["default"]
     kept = str(default["NAME"]) if default["ENGINE"].endswith("sqlite3") else ""
     new = database.DatabaseFile(hosts=tuple(listed), member=member, moved_at=timezone.now().isoformat(),
-                                sqlite_kept=kept)
+                                sqlite_kept=kept, node_address=node_address)
     database.parse_database_file((json.dumps(new.to_json()) + "\n").encode())
     database.write_database_file(settings.PAM_DATA_DIR, new)
     return new

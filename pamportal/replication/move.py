@@ -616,7 +616,11 @@ def database_to_patroni(*, base: Path | None = None, lead_timeout: float = LEAD_
     # would start on an empty new SQLite).
     stamp = _stamp()
     kept = sqlite.with_name(f"{sqlite.name}.moved-{stamp}")
-    db = database.DatabaseFile(hosts=db.hosts, member=db.member, moved_at=stamp, sqlite_kept=str(kept))
+    from pamportal.nodes.selectors import node_current
+
+    # This node's row in the database it now shares (``nodes.identity``): its address.
+    db = database.DatabaseFile(hosts=db.hosts, member=db.member, moved_at=stamp, sqlite_kept=str(kept),
+                               node_address=node_current().address or member.spec.address.strip("[]"))
     path = database.write_database_file(settings.PAM_DATA_DIR, db)
     connections["default"].close()
     kept = _keep_sqlite(sqlite, stamp)

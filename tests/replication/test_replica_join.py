@@ -357,6 +357,36 @@ result = {{s.name: (s.finished_at - s.started_at).total_seconds() for s in r.job
 
     wait_for(console_on_cluster, timeout=60, interval=1, what="the follower's console after the switch")
 
+    # each node knows which rows of the shared database are its own: the follower calls
+    # itself a follower of the real leader, the leader still leads, each shows its own
+    # certificate (the database holds the leader's alone)
+    assert written["node_address"] == FOLLOWER
+    assert json.loads((leader.data_dir / "database.json").read_text())["node_address"] == LEADER
+    identity = """
+from pamportal.nodes.selectors import certificates_current, node_current
+from pamportal.cluster.selectors import node_standing
+n = node_current()
+st = node_standing()
+own = [v for v in certificates_current() if v.title == "This node (HTTPS)"]
+r = c.get("/", secure=True)
+result = {"address": n.address, "role": n.role, "finalised": n.finalised, "leader": st.leader_address,
+          "certificate_names": own[0].names if own else None, "status": r.status_code, "page": r.content.decode()}
+"""
+    on_follower = run(follower, PAGE.replace("__HOST__", repr(FOLLOWER)) + identity)
+    assert on_follower["address"] == FOLLOWER and on_follower["role"] == "follower", on_follower["address"]
+    assert on_follower["finalised"] and on_follower["leader"] == LEADER
+    assert on_follower["certificate_names"] and FOLLOWER in on_follower["certificate_names"]
+    assert LEADER not in on_follower["certificate_names"]
+    assert on_follower["status"] == 200
+    assert f"follower of {LEADER}" in on_follower["page"], on_follower["page"][:3000]
+    assert "This node is the cluster's leader" not in on_follower["page"]
+    assert "No valid licence" not in on_follower["page"]
+    on_leader = run(leader, PAGE.replace("__HOST__", repr(LEADER)) + identity)
+    assert on_leader["address"] == LEADER and on_leader["role"] == "leader" and on_leader["leader"] == ""
+    assert LEADER in on_leader["certificate_names"]
+    assert on_leader["status"] == 200 and "This node is the cluster's leader" in on_leader["page"]
+    assert "follower of" not in on_leader["page"]
+
     # the cluster's users on the follower, its own local one gone
     run(leader, USERS + "user('dave', Role.OPERATOR)\nresult = True")
     seen = run(follower, """
