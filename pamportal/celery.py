@@ -52,3 +52,9 @@ def _schedule_periodic(sender, **kwargs):
                              name="cluster housekeeping")
     sender.add_periodic_task(30.0, sender.signature("pamportal.cluster.tasks.heartbeats", expires=30.0),
                              name="cluster heartbeats")
+    # The PAM leader is Patroni's leader: a failover or switchover is recorded within seconds.
+    sender.add_periodic_task(
+        settings.PAM_LEADER_FOLLOW_SECONDS,
+        sender.signature("pamportal.cluster.tasks.leader_follow", expires=settings.PAM_LEADER_FOLLOW_SECONDS),
+        name="cluster leader follows Patroni",
+    )

@@ -310,6 +310,8 @@ CELERY_BEAT_SCHEDULE_FILENAME = str(PAM_DATA_DIR / "celerybeat-schedule")
 # runs this often and fails (or re-queues) steps whose lease ran out.
 PAM_JOB_LEASE_SECONDS = _env_float("PAM_JOB_LEASE_SECONDS", 60.0)
 PAM_JOB_REAPER_INTERVAL = _env_float("PAM_JOB_REAPER_INTERVAL", 30.0)
+# How often each node's worker records Patroni's leader as the cluster's (cluster.leader_follow).
+PAM_LEADER_FOLLOW_SECONDS = _env_float("PAM_LEADER_FOLLOW_SECONDS", 5.0)
 # Extra modules that register job kinds (the test suite adds its own diagnostic job).
 PAM_JOB_PLUGINS = [m for m in os.environ.get("PAM_JOB_PLUGINS", "").split(",") if m]
 

@@ -119,6 +119,8 @@ class AuditAction(models.TextChoices):
     JOIN_DATABASE_SWITCHED = "join.database_switched", "This node switched to the cluster's database"
     CLUSTER_JOIN_REPLICA_READY = "cluster.join_replica_ready", "Joining node's database replica ready, its pre-join trail sealed"
     CLUSTER_JOIN_REPLICA_FAILED = "cluster.join_replica_failed", "Joining node's database replica failed"
+    # The console's record of who leads, brought in line with Patroni's leader
+    CLUSTER_LEADER_CHANGED = "cluster.leader_changed", "Cluster leader changed (as Patroni's leader)"
 
 
 # What the PDF report lists under "Approvals and votes": requests that need approval,

@@ -37,12 +37,13 @@ class DatabaseMember:
     role: str  # leader, sync_standby, replica, standby_leader, quorum_standby
     state: str  # running, streaming, starting, stopped, ...
     host: str = ""
+    port: int | None = None
     timeline: int | None = None
     lag: int | None = None  # bytes behind the leader; None when Patroni does not say
 
     @classmethod
     def from_rest(cls, member: ClusterMember) -> DatabaseMember:
-        return cls(name=member.name, role=member.role, state=member.state, host=member.host,
+        return cls(name=member.name, role=member.role, state=member.state, host=member.host, port=member.port,
                    timeline=member.timeline, lag=member.lag)
 
     @property

@@ -7,7 +7,9 @@ from celery import shared_task
 from pamportal.core.context import acting
 
 from .bundles import bundles_expire
+from .database_view import patroni_status
 from .jobs import joins_reconcile
+from .leader_follow import hosts_follow, leader_follow, this_node_leads
 from .members import members_heartbeat
 from .removal import removal_notices_retry
 from .removed import removal_check, removal_enforce
@@ -16,7 +18,10 @@ from .requests import requests_expire
 
 @shared_task(name="pamportal.cluster.tasks.housekeeping", acks_late=True, ignore_result=True)
 def housekeeping() -> dict:
-    """Expire bundles and requests, and undo joins whose job died unseen."""
+    """Expire bundles and requests, and undo joins whose job died unseen: the leader's
+    work (on a replicated cluster every node's worker runs this task)."""
+    if not this_node_leads():
+        return {}
     with acting(actor_id=None, actor_name="cluster housekeeping"):
         return {
             "bundles_expired": bundles_expire(),
@@ -30,8 +35,20 @@ def heartbeats() -> int:
     """The leader: each follower's heartbeat, and removed nodes not told yet. Every node:
     whether it is still in etcd's member list (for a removal made while it was down)."""
     with acting(actor_id=None, actor_name="cluster heartbeat"):
-        count = members_heartbeat()
-        removal_notices_retry()
+        count = 0
+        if this_node_leads():
+            count = members_heartbeat()
+            removal_notices_retry()
         removal_enforce()
         removal_check()
         return count
+
+
+@shared_task(name="pamportal.cluster.tasks.leader_follow", acks_late=True, ignore_result=True)
+def leader_follow_task() -> str | None:
+    """Every node: record Patroni's leader as the cluster's leader if it changed, and
+    list Patroni's members as this node's database hosts (one read of Patroni for both)."""
+    status = patroni_status(max_age=0.0)
+    hosts_follow(status=status)
+    with acting(actor_id=None, actor_name="cluster leader follow"):
+        return leader_follow(status=status, how="failover or switchover seen in Patroni")

@@ -445,6 +445,40 @@ result = e.details
     assert recorded["pre_join_export"]["manifest_sha256"] == hashlib.sha256(manifest_path.read_bytes()).hexdigest()
     assert recorded["member"] == replica["member"]
 
+    # leadership moved in Patroni (a switchover, what an approved "set cluster leader"
+    # does): within seconds both nodes' workers have recorded it, both consoles say so
+    leader_member = patroni_cluster(leader, LEADER)
+    leader_name = next(m["name"] for m in leader_member if m["role"] == "leader")
+    started = time.monotonic()
+    run(leader, f"""
+from pamportal.replication.local import node_member
+result = node_member().api(timeout=30).switchover(leader={leader_name!r}, candidate={replica["member"]!r})
+""")
+
+    def recorded_leader():
+        seen = run(follower, PAGE.replace("__HOST__", repr(FOLLOWER)) + identity)
+        return seen if seen["role"] == "leader" else None
+
+    on_follower = wait_for(recorded_leader, timeout=60, interval=1, what="the follower recorded as the leader")
+    FIGURES["switchover to the records following s"] = time.monotonic() - started
+    assert on_follower["leader"] == "" and "This node is the cluster's leader" in on_follower["page"]
+    on_leader = run(leader, PAGE.replace("__HOST__", repr(LEADER)) + identity)
+    assert on_leader["role"] == "follower" and on_leader["leader"] == FOLLOWER, on_leader["role"]
+    assert f"follower of {FOLLOWER}" in on_leader["page"]
+    changed = run(leader, """
+from pamportal.audit.models import AuditEvent
+result = list(AuditEvent.objects.filter(action='cluster.leader_changed').values_list('target', flat=True))
+""")
+    assert changed == [f"node:{FOLLOWER}"], changed
+
+    # and each node's database.json lists the new leader first (libpq's first try)
+    def first_hosts():
+        firsts = [json.loads((env.data_dir / "database.json").read_text())["hosts"][0]["host"]
+                  for env in (leader, follower)]
+        return firsts if firsts == [FOLLOWER, FOLLOWER] else None
+
+    wait_for(first_hosts, timeout=30, interval=1, what="both nodes' database hosts to list the new leader first")
+
 
 # --- the report's wire format (no processes) ----------------------------------------------------
 def test_the_replica_report_is_parsed_strictly():
