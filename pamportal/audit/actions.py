@@ -121,6 +121,13 @@ class AuditAction(models.TextChoices):
     CLUSTER_JOIN_REPLICA_FAILED = "cluster.join_replica_failed", "Joining node's database replica failed"
     # The console's record of who leads, brought in line with Patroni's leader
     CLUSTER_LEADER_CHANGED = "cluster.leader_changed", "Cluster leader changed (as Patroni's leader)"
+    # Moving the cluster's leadership (the Patroni primary), approved
+    CLUSTER_LEADERSHIP_REQUESTED = "cluster.leadership_requested", "Change of cluster leader requested"
+    CLUSTER_LEADERSHIP_REFUSED = "cluster.leadership_refused", "Change of cluster leader refused"
+    CLUSTER_LEADERSHIP_MOVED = "cluster.leadership_moved", "Cluster leadership moved"
+    CLUSTER_LEADERSHIP_FAILED = "cluster.leadership_failed", "Change of cluster leader failed"
+    CLUSTER_FAILOVER_MODE_CHANGED = "cluster.failover_mode_changed", "Automatic failover switched on or off"
+    CLUSTER_FAILOVER_MODE_REFUSED = "cluster.failover_mode_refused", "Change of the failover mode refused"
 
 
 # What the PDF report lists under "Approvals and votes": requests that need approval,
@@ -128,6 +135,7 @@ class AuditAction(models.TextChoices):
 APPROVAL_ACTIONS = frozenset({
     AuditAction.CLUSTER_JOIN_REQUESTED,
     AuditAction.CLUSTER_REMOVAL_REQUESTED,
+    AuditAction.CLUSTER_LEADERSHIP_REQUESTED,
     AuditAction.CLUSTER_VOTE,
     AuditAction.CLUSTER_VOTE_REFUSED,
     AuditAction.CLUSTER_REQUEST_APPROVED,

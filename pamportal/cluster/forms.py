@@ -40,3 +40,14 @@ class WipeForm(forms.Form):
 
     confirmation = forms.CharField(label="Type this node's address to confirm", max_length=253,
                                    widget=forms.TextInput(attrs={"autocomplete": "off", "spellcheck": "false"}))
+
+
+class LeadershipForm(forms.Form):
+    reason = forms.CharField(label="Reason", min_length=10, max_length=500)
+
+
+class FailoverModeForm(forms.Form):
+    automatic = forms.TypedChoiceField(
+        label="Automatic failover", coerce=lambda value: value == "on",
+        choices=[("on", "On: Patroni elects a new leader when the leader is lost"),
+                 ("off", "Off: manual only, a new leader only through an approved request")])

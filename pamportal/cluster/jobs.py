@@ -34,13 +34,21 @@ from .bundles import BUNDLE_KIND, bundle_build
 from .etcd import EtcdException, LearnerNotReady, MemberNotLearner
 from .etcd_process import certificate_addresses, initial_cluster_for_join
 from .follower_models import JoinReplica
+from .leadership import leadership_move
 from .local_etcd import member_name
-from .members import ca_row, certificate_revoke, follower_node_forget, leader_member_ensure, node_locked
+from .members import (
+    ca_row,
+    certificate_revoke,
+    follower_node_forget,
+    leader_member_ensure,
+    member_certificate_serial,
+    node_locked,
+)
 from .models import ClusterMember, JoinRequest, MemberRole, MemberState, RemovalRequest, RequestState
 from .quorum import quorum_ok_after_remove
 from .refusals import request_target
 from .removal import REMOVABLE_STATES, REMOVE_KIND, removal_notify
-from .requests import JOIN_KIND, request_changed
+from .requests import JOIN_KIND, LEADERSHIP_KIND, request_changed
 
 
 class JoinFailure(RuntimeError):
@@ -490,6 +498,7 @@ def _remove(ctx) -> dict:
         request = RemovalRequest.objects.select_for_update(of=("self",)).select_related("member").get(pk=request_id)
         now = timezone.now()
         member = request.member
+        member.cert_serial = member_certificate_serial(member.address, member.cert_serial)
         certificate_revoke(serial=member.cert_serial, address=member.address,
                                     reason=f"removed from the cluster: {request.reason}")
         ClusterMember.objects.filter(pk=member.pk).update(state=MemberState.REMOVED, removed_at=now,
@@ -515,3 +524,16 @@ REMOVE = register(JobKind(
                     max_attempts=2),),
 ))
 
+
+# --- moving the leadership ------------------------------------------------------------------
+def _lead(ctx) -> dict:
+    # One attempt: a second one after a dead worker would find the request running and
+    # the candidate perhaps leading already, which ``leadership_move`` records as done.
+    return leadership_move(request_id=ctx.params["request_id"], log=ctx.log)
+
+
+LEADERSHIP = register(JobKind(
+    name=LEADERSHIP_KIND, title="Set the cluster leader",
+    steps=(StepSpec("lead", "Switch over (or fail over) to the new leader and wait for a writable console",
+                    _lead, max_attempts=2),),
+))

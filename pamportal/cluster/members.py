@@ -78,8 +78,22 @@ def leader_member_ensure(node) -> ClusterMember:
         member = ClusterMember.objects.create(
             address=address, role=MemberRole.LEADER, state=MemberState.ACTIVE, version=settings.PAM_VERSION,
             joined_at=node.finalised_at or timezone.now(), etcd_name=address,
+            cert_serial=member_certificate_serial(address),
         )
     return member
+
+
+def member_certificate_serial(address: str, recorded: str = "") -> str:
+    """A member's certificate serial: the one recorded at its join, or for the first
+    leader (whose certificate was issued at finalise, before it was a member) its
+    node certificate in force. With leadership movable, the first leader can be a
+    follower that is removed: its certificate must be named and revoked like any."""
+    if recorded:
+        return recorded
+    for row in Certificate.objects.filter(kind=CertificateKind.NODE_TLS, replaced_at__isnull=True):
+        if address in (row.names or []):
+            return row.serial
+    return ""
 
 
 def nodes_counted(*, now: datetime | None = None) -> int:

@@ -185,18 +185,52 @@ class RemovalRequest(ApprovalRequestBase):
         return self.requested_by
 
 
+class LeadershipRequest(ApprovalRequestBase):
+    """"Set cluster leader": make ``member`` the Patroni primary (a switchover, or a
+    failover when the leader's Patroni cannot be reached), once approved."""
+
+    KIND = "leadership"
+
+    member = models.ForeignKey(ClusterMember, on_delete=models.PROTECT, related_name="leadership_requests")
+    address = models.CharField(max_length=253)
+    candidate = models.CharField(max_length=63, help_text="the member's name in Patroni")
+    reason = models.CharField(max_length=500)
+    requested_by = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+")
+    # What the requester's page saw (Patroni's /cluster): who led, and how far behind the
+    # candidate was — what a failover could lose. Shown to the approvers, not hashed.
+    leader_seen = models.CharField(max_length=63, blank=True)
+    lag_seen = models.BigIntegerField(null=True, blank=True, help_text="bytes behind the leader, when Patroni said")
+    # Filled in by the job.
+    method = models.CharField(max_length=16, blank=True)  # switchover, failover, or none (already leading)
+    previous_leader = models.CharField(max_length=63, blank=True)
+    seconds = models.FloatField(null=True, blank=True)
+    outcome_detail = models.CharField(max_length=1000, blank=True)
+
+    class Meta(ApprovalRequestBase.Meta):
+        pass
+
+    def __str__(self) -> str:
+        return f"leadership to {self.address}"
+
+    @property
+    def requester(self):
+        return self.requested_by
+
+
 class Decision(models.TextChoices):
     APPROVE = "approve", "Approve"
     DENY = "deny", "Deny"
 
 
 class Approval(models.Model):
-    """One approver's vote on one join or removal request."""
+    """One approver's vote on one join, removal or leadership request."""
 
     join_request = models.ForeignKey(JoinRequest, null=True, blank=True, on_delete=models.CASCADE,
                                      related_name="votes")
     removal_request = models.ForeignKey(RemovalRequest, null=True, blank=True, on_delete=models.CASCADE,
                                         related_name="votes")
+    leadership_request = models.ForeignKey(LeadershipRequest, null=True, blank=True, on_delete=models.CASCADE,
+                                           related_name="votes")
     approver = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.PROTECT, related_name="+")
     decision = models.CharField(max_length=8, choices=Decision.choices)
     request_hash = models.CharField(max_length=64)
@@ -208,9 +242,15 @@ class Approval(models.Model):
             models.UniqueConstraint(fields=["join_request", "approver"], name="cluster_one_vote_per_join_approver"),
             models.UniqueConstraint(fields=["removal_request", "approver"],
                                     name="cluster_one_vote_per_removal_approver"),
+            models.UniqueConstraint(fields=["leadership_request", "approver"],
+                                    name="cluster_one_vote_per_leadership_approver"),
             models.CheckConstraint(
-                condition=(models.Q(join_request__isnull=False, removal_request__isnull=True)
-                           | models.Q(join_request__isnull=True, removal_request__isnull=False)),
+                condition=(models.Q(join_request__isnull=False, removal_request__isnull=True,
+                                    leadership_request__isnull=True)
+                           | models.Q(join_request__isnull=True, removal_request__isnull=False,
+                                      leadership_request__isnull=True)
+                           | models.Q(join_request__isnull=True, removal_request__isnull=True,
+                                      leadership_request__isnull=False)),
                 name="cluster_vote_on_one_request",
             ),
         ]

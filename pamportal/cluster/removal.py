@@ -19,7 +19,7 @@ from pamportal.nodes.selectors import node_address
 
 from . import connections, protocol
 from .etcd import EtcdException, Member
-from .members import ca_row, node_locked
+from .members import ca_row, member_certificate_serial, node_locked
 from .models import OPEN_REQUEST_STATES, ClusterMember, MemberRole, MemberState, RemovalRequest, RequestState
 from .policy import policy_ensure
 from .quorum import failure_tolerance, quorum_ok_after_remove
@@ -132,7 +132,8 @@ def removal_notice(request: RemovalRequest) -> dict:
     return {
         "notice": "removed", "version": NOTICE_VERSION,
         "cluster_id": cluster_id_of(ca.sha256) if ca is not None else "",
-        "address": request.address, "certificate_serial": request.member.cert_serial,
+        "address": request.address,
+        "certificate_serial": member_certificate_serial(request.address, request.member.cert_serial),
         "etcd_member_id": request.etcd_member_id or "",
         "request_number": request.pk, "request_id": str(request.public_id),
         "removed_at": (request.finished_at or timezone.now()).isoformat(),

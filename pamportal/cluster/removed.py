@@ -29,7 +29,7 @@ from pamportal.audit.refusals import Refused, audited_refusals
 from pamportal.audit.services import audit_record
 from pamportal.core.files import write_private
 from pamportal.crypto import ca as ca_format
-from pamportal.nodes.identity import node_filter, own_rows
+from pamportal.nodes.identity import node_filter, own_rows, shared_database_address
 from pamportal.nodes.models import Certificate, CertificateKind, Node, NodeRole
 from pamportal.nodes.selectors import certificate_is_own
 from pamportal.nodes.services import ca_cert_path
@@ -96,12 +96,42 @@ def removal_current_for(request) -> NodeRemoval | None:
 
 
 def _member_join() -> FollowerJoin | None:
-    """The join that made this node a member (handed over or joined), if it is the newest."""
+    """The join that made this node a member (handed over or joined), if it is the newest.
+    On the cluster's shared database the node's join is in its database from before
+    (and the first leader never joined): its membership is the cluster's member row
+    (not yet wiped away), as an unsaved join naming the leader recorded now."""
+    address = shared_database_address()
+    if address:
+        return _shared_membership(address)
     join = own_rows(FollowerJoin.objects, "own_address").order_by("-pk").first()
     return join if join is not None and join.state in MEMBER_JOIN_STATES else None
 
 
+def _shared_membership(address: str) -> FollowerJoin | None:
+    from .models import LIVE_MEMBER_STATES, ClusterMember, MemberRole, MemberState
+
+    member = (ClusterMember.objects.filter(address=address, state__in=[*LIVE_MEMBER_STATES, MemberState.REMOVED])
+              .first())
+    ca_row = _cluster_ca()
+    if member is None or ca_row is None:
+        return None
+    leader = (ClusterMember.objects.filter(role=MemberRole.LEADER, state__in=LIVE_MEMBER_STATES)
+              .values_list("address", flat=True).first())
+    return FollowerJoin(state=JoinState.JOINED, own_address=address, leader_address=leader or "",
+                        cluster_id=ca_format.cluster_id_of(ca_row.sha256), ca_cert_pem=ca_row.cert_pem)
+
+
 def _own_certificate() -> Certificate | None:
+    """This node's certificate: its row; on the cluster's shared database (which holds
+    the first leader's alone) the certificate file its listeners serve, as an unsaved row."""
+    if shared_database_address():
+        try:
+            pem = Path(settings.PAM_TLS_CERT).read_bytes()
+            info = ca_format.certificate_info(pem)
+        except (OSError, ValueError):
+            return None
+        return Certificate(kind=CertificateKind.NODE_TLS, subject=info.subject, names=info.names,
+                           serial=f"{info.serial:x}", sha256=info.sha256, cert_pem=pem.decode())
     row = Certificate.objects.filter(kind=CertificateKind.NODE_TLS, replaced_at__isnull=True).first()
     return row if certificate_is_own(row) else None
 
@@ -393,6 +423,8 @@ def cluster_state_wipe(*, user, confirmation: str) -> NodeRemoval:
                             typed=(confirmation or "")[:80])
     now = timezone.now()
     username = user.get_username() if user is not None else ""
+    if shared_database_address():
+        return _wipe_shared(removal, username=username, now=now)
     replaced = list(Certificate.objects.filter(replaced_at__isnull=True).values_list("kind", "serial"))
     Certificate.objects.filter(replaced_at__isnull=True).update(replaced_at=now)
     node, _ = Node.objects.select_for_update().get_or_create(**node_filter())
@@ -415,6 +447,31 @@ def cluster_state_wipe(*, user, confirmation: str) -> NodeRemoval:
                  details={**_told_details(removal), "certificates_kept_as_evidence": [
                      {"kind": kind, "serial": serial} for kind, serial in replaced]})
     transaction.on_commit(cluster_files_wipe)
+    return removal
+
+
+# The removal's fields copied into the node's own database when it leaves the cluster's.
+_REMOVAL_COPIED = ("learned_at", "source", "cluster_id", "address", "leader_address", "request_number", "request_id",
+                   "removed_at", "reason", "notice_received_at", "certificate_serial", "certificate_sha256",
+                   "etcd_member_name")
+
+
+def _wipe_shared(removal: NodeRemoval, *, username: str, now) -> NodeRemoval:
+    """The wipe of a node on the cluster's shared database (a replicated member): the
+    cluster's chain records it and the node's row goes from the cluster's database;
+    once that commits the node leaves it for its own (``replication.leave``), where
+    the certificates, the node's setup and the cluster files are wiped as on any node.
+    The cluster's certificate rows are the cluster's: never touched from here."""
+    from pamportal.replication.leave import database_leave
+
+    removal.wiped_at = now
+    removal.wiped_by = username
+    removal.save(update_fields=["wiped_at", "wiped_by"])
+    Node.objects.filter(**node_filter()).delete()
+    audit_record(action=AuditAction.NODE_CLUSTER_STATE_WIPED, target=_target(removal),
+                 details={**_told_details(removal), "left_the_cluster_database": True})
+    copied = {name: getattr(removal, name) for name in _REMOVAL_COPIED}
+    transaction.on_commit(lambda: database_leave(removal=copied, username=username))
     return removal
 
 

@@ -37,6 +37,7 @@ from .models import (
     Decision,
     JoiningBundle,
     JoinRequest,
+    LeadershipRequest,
     RemovalRequest,
     RequestState,
 )
@@ -45,6 +46,7 @@ from .refusals import ClusterRefused, request_target
 from .removal import REMOVE_KIND
 
 JOIN_KIND = "cluster.join"
+LEADERSHIP_KIND = "cluster.leadership"  # its job is in ``jobs``, its services in ``leadership``
 
 
 def _username(user) -> str:
@@ -214,6 +216,10 @@ def _replica_report_record(*, request_pk: int, report: protocol.ReplicaReport) -
 # --- votes --------------------------------------------------------------------------------
 def current_hash(request) -> str:
     """The hash of the operation as stored now; votes carry the hash they were cast on."""
+    if isinstance(request, LeadershipRequest):
+        from .leadership import leadership_request_hash
+
+        return leadership_request_hash(address=request.address, candidate=request.candidate, reason=request.reason)
     if isinstance(request, JoinRequest):
         return protocol.join_request_hash(
             bundle_id=str(request.bundle.bundle_id), follower_address=request.follower_address,
@@ -304,7 +310,7 @@ def _vote_record(model, *, request_id, user, decision, target):
         refused.void_request = (model, request.pk)
         raise refused
     digest = request.request_hash
-    fk = "join_request" if model is JoinRequest else "removal_request"
+    fk = f"{model.KIND}_request"  # Approval's foreign key to this kind of request
     Approval.objects.create(**{fk: request}, approver=user, decision=decision, request_hash=digest, voted_at=now)
     approvals = request.votes.filter(decision=Decision.APPROVE, request_hash=digest).count()
     audit_record(action=AuditAction.CLUSTER_VOTE, target=target,
@@ -319,6 +325,8 @@ def _vote_record(model, *, request_id, user, decision, target):
         return request
     if approvals >= request.required_approvals:
         kind, title = ((JOIN_KIND, f"Join {request.follower_address} to the cluster") if model is JoinRequest
+                       else (LEADERSHIP_KIND, f"Make {request.address} the cluster leader")
+                       if model is LeadershipRequest
                        else (REMOVE_KIND, f"Remove {request.address} from the cluster"))
         # Under the request's row lock and only from "pending": one job, ever.
         job = job_create(kind=kind, params={"request_id": request.pk}, created_by=None, title=title)
@@ -345,10 +353,10 @@ def removal_request_vote(*, request_id: int, user, decision: str, totp_code: str
 
 @transaction.atomic
 def requests_expire(*, now: datetime | None = None) -> int:
-    """Pending join and removal requests past their expiry become expired."""
+    """Pending join, removal and leadership requests past their expiry become expired."""
     now = now or timezone.now()
     count = 0
-    for model in (JoinRequest, RemovalRequest):
+    for model in (JoinRequest, RemovalRequest, LeadershipRequest):
         for request in model.objects.select_for_update().filter(state=RequestState.PENDING, expires_at__lte=now):
             request.state = RequestState.EXPIRED
             request.finished_at = now
@@ -358,3 +366,10 @@ def requests_expire(*, now: datetime | None = None) -> int:
                          details={"expired_at": request.expires_at.isoformat(), "votes": request.votes.count()})
             count += 1
     return count
+
+
+def leadership_request_vote(*, request_id: int, user, decision: str, totp_code: str) -> LeadershipRequest:
+    """One approver's vote on "set cluster leader" (TOTP re-checked). M approvals start
+    the leadership job, exactly once; one denial is final."""
+    return _request_vote(LeadershipRequest, request_id=request_id, user=user, decision=decision,
+                         totp_code=totp_code)

@@ -13,7 +13,7 @@ from django.http import Http404
 from django.utils import timezone
 
 from pamportal.accounts.roles import has_capability
-from pamportal.nodes.identity import own_rows
+from pamportal.nodes.identity import shared_database_address
 from pamportal.nodes.selectors import node_address, node_current
 
 from . import connections
@@ -381,9 +381,12 @@ def node_standing(*, role: str | None = None) -> NodeStanding:
 
     from .follower_models import FollowerJoin, JoinState
 
-    join = (own_rows(FollowerJoin.objects, "own_address").filter(state__in=(JoinState.JOINING, JoinState.JOINED))
-            .order_by("-pk").only("leader_address").first())
     role = role if role is not None else node_current().role
+    # On the cluster's shared database this node's join (if it ever joined) is in its
+    # database from before: its row's role and the recorded leader say it all.
+    join = None if shared_database_address() else (
+        FollowerJoin.objects.filter(state__in=(JoinState.JOINING, JoinState.JOINED))
+        .order_by("-pk").only("leader_address").first())
     if join is not None:
         return NodeStanding(role=NodeRole.FOLLOWER, leader_address=join.leader_address)
     if role == NodeRole.FOLLOWER:

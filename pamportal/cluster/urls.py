@@ -14,4 +14,8 @@ urlpatterns = [
     path("policy/", views.policy, name="policy"),
     path("members/<int:pk>/remove", views.member_remove, name="member_remove"),
     path("removed/", views.removed, name="removed"),
+    path("leadership/", views.leadership, name="leadership"),
+    path("members/<int:pk>/lead", views.leadership_request, name="leadership_request"),
+    path("leadership/<int:pk>/vote", views.leadership_vote, name="leadership_vote"),
+    path("leadership/failover", views.failover_mode, name="failover_mode"),
 ]

@@ -16,16 +16,17 @@ from pamportal.accounts.roles import has_capability
 from pamportal.core.htmx import htmx_partial, stop_polling
 from pamportal.core.views import refused_redirect
 
+from . import leadership as leadership_services
 from . import removed as removed_state
 from . import selectors
 from .bundles import bundle_download as bundle_download_service
 from .bundles import bundle_generate as bundle_generate_service
 from .bundles import bundle_revoke as bundle_revoke_service
-from .forms import BundleForm, PolicyForm, RemovalForm, VoteForm, WipeForm
+from .forms import BundleForm, FailoverModeForm, LeadershipForm, PolicyForm, RemovalForm, VoteForm, WipeForm
 from .policy import policy_update
 from .refusals import ClusterRefused
 from .removal import removal_offer, removal_request_create
-from .requests import join_request_vote, removal_request_vote
+from .requests import join_request_vote, leadership_request_vote, removal_request_vote
 
 
 def leader_only(view):
@@ -62,20 +63,29 @@ def overview(request):
     standing = selectors.node_standing()
     if standing.is_follower:
         # A replica's console still says who leads the cluster's database (Patroni's view).
-        return render(request, "cluster/overview.html", {"standing": standing, "database": standing.database})
+        database = standing.database
+        return render(request, "cluster/overview.html", {
+            "standing": standing, "database": database,
+            "failover": leadership_services.failover_mode(database)})
     overview = selectors.cluster_overview()
     removing = selectors.open_removal_member_ids()
     status = selectors.etcd_status()  # the cached read cluster_overview just made
     etcd_members = list(status.members) if status.ok else None
+    under_way = leadership_services.leadership_under_way()
     for view in overview.members:
         # Each row its own form ids, and "Remove…" only where the quorum guard allows it.
         view.removal_offer = removal_offer(view.member, etcd_members, removing=view.member.pk in removing)
         view.removal_form = RemovalForm(auto_id=f"id_member_{view.member.pk}_%s")
+        # "Set cluster leader…" only on a healthy replica, as leadership_request_create decides.
+        view.leadership_offer = leadership_services.leadership_offer(view.member, overview.database,
+                                                                     under_way=under_way)
+        view.leadership_form = LeadershipForm(auto_id=f"id_lead_{view.member.pk}_%s")
     return render(request, "cluster/overview.html", {
         "standing": standing,
         "overview": overview,
         "database": overview.database,
         "removing": removing,
+        "failover": leadership_services.failover_mode(overview.database),
     })
 
 
@@ -230,3 +240,69 @@ def member_remove(request, pk: int):
     return redirect("cluster:requests")
 
 
+# --- "Set cluster leader" and automatic failover ------------------------------------------------
+# Not ``leader_only``: the leader may be the node that is gone, and every node's console
+# works on the cluster's replicated database; the services check that it is replicated.
+def _leadership_page(request, *, status: int = 200):
+    database = selectors.node_standing().database
+    return render(request, "cluster/leadership.html", {
+        "standing": selectors.node_standing(),
+        "database": database,
+        "failover": leadership_services.failover_mode(database),
+        "candidates": leadership_services.leadership_candidates(database),
+        "views": leadership_services.leadership_request_views(request.user),
+        "vote_form": VoteForm(), "may_vote": selectors.may_vote(request.user),
+        "leadership_form": LeadershipForm(), "failover_form": FailoverModeForm(),
+    }, status=status)
+
+
+@require_capability("cluster.view")
+@require_GET
+def leadership(request):
+    return _leadership_page(request)
+
+
+@require_capability(leadership_services.REQUEST_CAPABILITY)
+@require_POST
+def leadership_request(request, pk: int):
+    form = LeadershipForm(request.POST)
+    try:
+        leadership_services.leadership_request_create(
+            user=request.user, member_id=pk, reason=form.cleaned_data["reason"] if form.is_valid() else "")
+    except ClusterRefused as refused:
+        return refused_redirect(request, refused, "cluster:leadership")
+    messages.success(request, "The change of cluster leader is requested; it needs the approvals of the policy.")
+    return redirect("cluster:leadership")
+
+
+@require_capability("cluster.view")
+@require_POST
+def leadership_vote(request, pk: int):
+    if not selectors.may_vote(request.user):
+        raise PermissionDenied("joins.vote")
+    form = VoteForm(request.POST)
+    data = form.cleaned_data if form.is_valid() else {}
+    try:
+        result = leadership_request_vote(request_id=pk, user=request.user, decision=data.get("decision", ""),
+                                         totp_code=data.get("totp_code", ""))
+    except ClusterRefused as refused:
+        return refused_redirect(request, refused, "cluster:leadership")
+    messages.success(request, f"Your vote is recorded; the request is {result.get_state_display().lower()}.")
+    return redirect("cluster:leadership")
+
+
+@require_capability(leadership_services.FAILOVER_MODE_CAPABILITY)
+@require_POST
+def failover_mode(request):
+    form = FailoverModeForm(request.POST)
+    if not form.is_valid():
+        messages.error(request, "Choose whether automatic failover is on or off.")
+        return redirect("cluster:leadership")
+    try:
+        automatic = leadership_services.failover_mode_set(user=request.user,
+                                                          automatic=form.cleaned_data["automatic"])
+    except ClusterRefused as refused:
+        return refused_redirect(request, refused, "cluster:leadership")
+    messages.success(request, "Automatic failover is on." if automatic else
+                     "Automatic failover is off: a new leader is set only through an approved request.")
+    return redirect("cluster:leadership")

@@ -124,7 +124,9 @@ def patroni_node_process(*, data_dir: Path | None = None, base: Path | None = No
     binary = process.patroni_venv() / "bin" / "patroni"
     return MemberProcess(
         argv=[str(binary), str(paths.config_file)],
-        requires_files=(database_file_path(data_dir), paths.config_file),
+        # and the node's etcd member (its DCS): once the node learns it was removed, the
+        # member's configuration is moved aside and the PostgreSQL member stops with it.
+        requires_files=(database_file_path(data_dir), paths.config_file, data_dir / "etcd" / "member.json"),
         user=run_as.user, working_dir=paths.root, log_file=paths.log_file, member=database.member,
     )
 

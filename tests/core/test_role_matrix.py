@@ -140,6 +140,13 @@ MATRIX: dict[tuple[str, str], dict[str, int]] = {
     ("cluster:policy", "GET"): only({ADMIN}, 200),
     ("cluster:policy", "POST"): only({ADMIN}, 200),
     ("cluster:member_remove", "POST"): only(RUNNERS, 302),  # refused with a message: no such member
+    # "Set cluster leader": every role reads the page; operators and administrators ask
+    # (refused with a message: no such member), approvers vote (no such request),
+    # administrators switch automatic failover (an empty form: sent back with a message).
+    ("cluster:leadership", "GET"): signed_in(200),
+    ("cluster:leadership_request", "POST"): only(RUNNERS, 302),
+    ("cluster:leadership_vote", "POST"): only({APPROVER}, 302),
+    ("cluster:failover_mode", "POST"): only({ADMIN}, 302),
     # This node's removal: not removed, every signed-in role is sent back to the cluster page.
     ("cluster:removed", "GET"): everyone(302),
     ("cluster:removed", "POST"): everyone(302),
@@ -271,7 +278,7 @@ def _kwargs(name: str, world) -> dict:
         return {"bundle_id": uuid.UUID(int=1)}
     if name == "cluster:vote":
         return {"kind": "join", "pk": 999999}
-    if name == "cluster:member_remove":
+    if name in ("cluster:member_remove", "cluster:leadership_request", "cluster:leadership_vote"):
         return {"pk": 999999}
     if name in ("cluster_api:join_status", "cluster_api:join_replica"):
         return {"request_id": uuid.UUID(int=2)}

@@ -183,6 +183,7 @@ def test_the_supervisor_runs_the_member_only_with_a_database_file(settings, tmp_
     config_file = tmp_path / "pg" / "node-127-0-0-54" / "patroni.yml"
     assert member.name == "patroni" and member.user == run_as.user and member.member == "node-127-0-0-54"
     assert member.argv == [str(process.patroni_venv() / "bin" / "patroni"), str(config_file)]
-    assert member.requires_files == (tmp_path / "database.json", config_file)
+    # and the etcd member's configuration: a node that learnt it was removed stops its member
+    assert member.requires_files == (tmp_path / "database.json", config_file, tmp_path / "etcd" / "member.json")
     with pytest.raises(FileNotFoundError, match="patroni.yml"):
         local.node_member_start(member, run_as=run_as)

@@ -71,13 +71,13 @@ class Lab:
         self.bases: list[Path] = []
         self.mek = ""
 
-    def node(self, address: str, *, base: Path | None = None) -> NodeEnv:
+    def node(self, address: str, *, base: Path | None = None, data_root: Path | None = None) -> NodeEnv:
         if base is None:
             base = Path(tempfile.mkdtemp(prefix="pamportal-rjoin-", dir="/var/tmp"))
             os.chmod(base, 0o711)
             self.bases.append(base)
         pg_port, api_port = pick_ports(address, (5432, 8008))
-        env = cluster_node(self.root, address, self.ntp)
+        env = cluster_node(data_root or self.root, address, self.ntp)
         env.env.update(PAM_POSTGRES_BASE=str(base), PAM_POSTGRES_PORT=str(pg_port), PAM_PATRONI_PORT=str(api_port),
                        PAM_JOIN_WAIT_SECONDS="90")
         env.env.pop("DATABASE_URL", None)  # SQLite before the join: the switch is from it
@@ -478,6 +478,110 @@ result = list(AuditEvent.objects.filter(action='cluster.leader_changed').values_
         return firsts if firsts == [FOLLOWER, FOLLOWER] else None
 
     wait_for(first_hosts, timeout=30, interval=1, what="both nodes' database hosts to list the new leader first")
+
+
+def test_a_removed_member_leaves_etcd_patroni_and_at_its_wipe_the_clusters_database(lab):
+    """After the switchover above the follower leads; the first leader, now a member
+    like any, is removed with approvals: it learns it, its etcd and PostgreSQL members
+    stop, Patroni and the other node's database hosts no longer list it, and its wipe
+    takes it back to its own database, recorded in both chains."""
+    first, leading = lab.nodes[LEADER], lab.nodes[FOLLOWER]
+    assert run(leading, "from pamportal.nodes.selectors import node_current\nresult = node_current().role") == "leader"
+
+    # a third member first, joining the new leader (bundle and setup API served by it):
+    # etcd keeps its quorum when one of three goes
+    third = lab.node(BROKEN, data_root=lab.root / "third")
+    start(third, BROKEN)
+    checked = open_and_check(third, BROKEN, bundle_for(leading, BROKEN, lab.root), lab.mek)
+    assert checked["state"] == "checked" and checked["replicated"] is True, checked
+    ask_and_approve(leading, third, BROKEN, ("approver-7", "approver-8"))
+
+    def third_switched():
+        if (third.data_dir / "database.json").exists():
+            return True
+        row = sqlite_join(third)
+        assert row["state"] != "failed", row["failure_reason"]
+        return False
+
+    wait_for(third_switched, timeout=400, interval=2, what=f"{BROKEN} to join the new leader")
+    wait_for(lambda: len([m for m in patroni_cluster(leading, FOLLOWER) if m["state"] == "streaming"]) == 2,
+             timeout=120, interval=2, what="two replicas streaming from the new leader")
+    first_member = run(first, "import json\nfrom pathlib import Path\nfrom django.conf import settings\n"
+                              "result = json.loads((Path(settings.PAM_DATA_DIR) / 'database.json').read_text())['member']")
+    pk = run(leading, USERS + f"""
+from pamportal.cluster.models import ClusterMember
+from pamportal.cluster.removal import removal_request_create
+m = ClusterMember.objects.get(address={LEADER!r})
+result = removal_request_create(user=user('operator', Role.OPERATOR), member_id=m.pk,
+                                reason="taken out of service for the test").pk
+""")
+    for approver in ("approver-5", "approver-6"):
+        run(leading, USERS + f"""
+from pamportal.cluster import requests as cs
+a = user({approver!r}, Role.APPROVER)
+cs.removal_request_vote(request_id={pk}, user=a, decision="approve", totp_code=code(a))
+result = True
+""")
+    started = time.monotonic()
+    told = wait_for(lambda: run(leading, f"""
+from pamportal.cluster.models import RemovalRequest
+r = RemovalRequest.objects.get(pk={pk})
+assert r.state != "failed", r.failure_reason
+result = r.node_notified_at is not None and [r.node_notice_detail, r.member.cert_serial]
+"""), timeout=90, interval=1, what="the removal job and its notice")
+    assert told[0] == "accepted" and told[1], told  # the first leader's certificate named, and revoked
+    assert run(leading, f"""
+from pamportal.cluster.models import RevokedCertificate
+result = RevokedCertificate.objects.filter(serial={told[1]!r}, address={LEADER!r}).exists()
+""")
+
+    # the removed node: knows it, its etcd and its PostgreSQL member stop, Patroni forgets it
+    page = run(first, PAGE.replace("__HOST__", repr(LEADER)).replace('"/setup/join/status/"', '"/"'))
+    assert page[0] == 200 and f"by request {pk}" in page[1] and "removed from cluster" in page[1], page[1][:2000]
+
+    def out_of_patroni():
+        names = [m["name"] for m in patroni_cluster(leading, FOLLOWER)]
+        return names if first_member not in names else None
+
+    names = wait_for(out_of_patroni, timeout=90, interval=2, what="the removed member to leave Patroni")
+    FIGURES["removal approved to out of Patroni s"] = time.monotonic() - started
+    assert len(names) == 2, names
+    assert "patroni is no longer needed on this node" in first.log("serve")
+    peers = sorted(m["peerURLs"][0] for m in etcdctl_members(leading.data_dir, FOLLOWER))
+    assert peers == [f"https://{FOLLOWER}:2380", f"https://{BROKEN}:2380"], peers
+    for env in (leading, third):
+        wait_for(lambda: [h["host"] for h in json.loads((env.data_dir / "database.json").read_text())["hosts"]]
+                 == [FOLLOWER, BROKEN], timeout=30, interval=1, what="the database hosts without the removed member")
+
+    # its wipe: recorded in the cluster's chain, then the node is back on its own database
+    wiped = run(first, PAGE.replace("__HOST__", repr(LEADER)).replace('r = c.get("/setup/join/status/", secure=True)\n'
+                                                                      'result = [r.status_code, r.content.decode()]', f"""
+wrong = c.post("/cluster/removed/", {{"confirmation": "yes"}}, secure=True)
+right = c.post("/cluster/removed/", {{"confirmation": {LEADER!r}}}, secure=True)
+result = [wrong.status_code, right.status_code, right.get("Location", "")]
+"""))
+    assert wiped == [400, 302, "/setup/"], wiped
+    assert not (first.data_dir / "database.json").exists()
+    assert len(list(first.data_dir.glob("database.json.left-*"))) == 1
+    on_its_own = run(first, """
+from django.db import connection
+from pamportal.audit.models import AuditEvent
+from pamportal.cluster.removed import removal_current
+from pamportal.nodes.selectors import node_current
+n = node_current()
+result = {"vendor": connection.vendor, "finalised": n.finalised, "role": n.role, "removal": removal_current() is None,
+          "wiped": AuditEvent.objects.filter(action="node.cluster_state_wiped").count()}
+""")
+    assert on_its_own == {"vendor": "sqlite", "finalised": False, "role": "standalone", "removal": True, "wiped": 1}
+    assert first.manage("audit_verify").returncode == 0
+    assert run(leading, """
+from pamportal.audit.models import AuditEvent
+e = AuditEvent.objects.filter(action="node.cluster_state_wiped").order_by("-position").first()
+result = e is not None and e.target
+""") == f"node:{LEADER}"
+    assert not (Path(first.env["PAM_POSTGRES_BASE"]) / first_member).exists()  # the member's files went
+    wait_for(lambda: "moving the console and the worker back onto its own" in first.log("serve"), timeout=20,
+             what="serve to move the removed node back onto its own database")
 
 
 # --- the report's wire format (no processes) ----------------------------------------------------

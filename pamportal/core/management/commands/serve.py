@@ -148,6 +148,11 @@ class DatabaseWatch:
     def appeared(self, now: float) -> bool:
         return self.state == "idle" and now >= self.next_try and self.path.exists()
 
+    def gone(self) -> bool:
+        """The node left the cluster's database (the wipe after its removal moved the
+        file aside): back to its own."""
+        return self.state == "done" and not self.path.exists()
+
 
 class Command(BaseCommand):
     help = "Run the node: HTTPS console, Celery worker (with beat), and once the node has its cluster certificate the setup API, the delegation API and its etcd member."
@@ -355,6 +360,16 @@ class Command(BaseCommand):
         from django.core.exceptions import ImproperlyConfigured
 
         now = time.monotonic()
+        if watch.gone():
+            self._use_database_file()
+            self.stdout.write("database.json is gone: this node left the cluster's database; moving the console "
+                              "and the worker back onto its own")
+            self._reload_listeners(processes)
+            if "worker" in commands and "worker" in processes:
+                self._stop_all({"worker": processes["worker"]})
+                processes["worker"] = self._start("worker", commands["worker"])
+            watch.state = "idle"
+            return
         if watch.appeared(now):
             try:
                 self._use_database_file()
