@@ -57,6 +57,23 @@ def _reap_step(step_id: int, now: datetime) -> str | None:
         return "failed"
 
 
+def reapable_jobs() -> Q:
+    """Which jobs this node's reaper looks after. On a database of the node's own: all.
+    On the cluster's shared database every node's worker runs the reaper: a job bound
+    to a node (its params name the node: facts, for one) is that node's alone, since
+    only there it means anything; the cluster's jobs (bundles, joins, removals, changes
+    of leader) are the leader's, so after a failover the new leader's reaper resumes or
+    fails what the dead leader was running, with the reason in the job's output."""
+    from pamportal.cluster.leader_follow import this_node_leads
+    from pamportal.nodes.identity import shared_database_address
+
+    address = shared_database_address()
+    if not address:
+        return Q()
+    own = Q(params__node_address=address)
+    return own | ~Q(params__has_key="node_address") if this_node_leads() else own
+
+
 def stall_after() -> timedelta:
     """How long a job may wait, with no step running and no output, before the reaper
     puts it on the queue again (its message may have died with a worker)."""
@@ -69,7 +86,7 @@ def _requeue_stalled(now: datetime) -> int:
     bounded: the line written here is new activity, so at most once per period."""
     cutoff = now - stall_after()
     candidates = (
-        Job.objects.filter(status__in=[Status.PENDING, Status.RUNNING])
+        Job.objects.filter(reapable_jobs(), status__in=[Status.PENDING, Status.RUNNING])
         .exclude(steps__status=Status.RUNNING)
         .annotate(last_activity=Max("output__time"))
         .filter(Q(last_activity__lt=cutoff) | Q(last_activity__isnull=True, created_at__lt=cutoff))
@@ -98,7 +115,8 @@ def leases_reap(now: datetime | None = None) -> dict[str, int]:
     Then jobs left waiting with nothing running are queued again (``stalled``)."""
     now = now or timezone.now()
     expired = list(
-        Step.objects.filter(status=Status.RUNNING, lease_expires_at__lt=now).order_by("lease_expires_at")
+        Step.objects.filter(status=Status.RUNNING, lease_expires_at__lt=now)
+        .filter(job__in=Job.objects.filter(reapable_jobs())).order_by("lease_expires_at")
         .values_list("pk", flat=True)[:500]
     )
     counts = {"requeued": 0, "failed": 0}
