@@ -23,7 +23,7 @@ pytestmark = pytest.mark.django_db
 def cluster():
     now = timezone.now()
     Node.objects.create(pk=1, address=A, role=NodeRole.LEADER, ntp_servers=["ntp"], finalised_at=now)
-    Node.objects.create(address=B, role=NodeRole.FOLLOWER, ntp_servers=["ntp"], finalised_at=now)
+    Node.objects.create(pk=2, address=B, role=NodeRole.FOLLOWER, ntp_servers=["ntp"], finalised_at=now)
     ClusterMember.objects.create(address=A, role=MemberRole.LEADER, state=MemberState.ACTIVE)
     ClusterMember.objects.create(address=B, role=MemberRole.FOLLOWER, state=MemberState.ACTIVE)
     ClusterMember.objects.create(address=C, role=MemberRole.FOLLOWER, state=MemberState.REMOVED)

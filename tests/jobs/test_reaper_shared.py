@@ -37,7 +37,7 @@ def statuses(*jobs: Job) -> list[str]:
 def cluster(data_dir):  # the test's own data dir: its database.json goes there
     now = timezone.now()
     Node.objects.create(pk=1, address=A, role=NodeRole.LEADER, ntp_servers=["ntp"], finalised_at=now)
-    Node.objects.create(address=B, role=NodeRole.FOLLOWER, ntp_servers=["ntp"], finalised_at=now)
+    Node.objects.create(pk=2, address=B, role=NodeRole.FOLLOWER, ntp_servers=["ntp"], finalised_at=now)
     jobs = {"cluster": expired({"request_id": 1}), "a": expired({"node_address": A}),
             "b": expired({"node_address": B})}
     return jobs

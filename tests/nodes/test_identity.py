@@ -13,6 +13,8 @@ import json
 from datetime import timedelta
 
 import pytest
+from django.core.management.color import no_style
+from django.db import connection
 from django.utils import timezone
 
 from pamportal.cluster.follower_models import FollowerJoin, JoinState, NodeRemoval
@@ -42,9 +44,14 @@ def shared(data_dir, address: str) -> None:
 
 
 def rows() -> None:
+    """The leader's row, pk 1 as the wizard makes it; the id sequence then moved past it,
+    as the move to PostgreSQL leaves it (``replication.move`` resets the sequences)."""
     now = timezone.now()
     Node.objects.create(pk=1, address=LEADER, role=NodeRole.LEADER, ntp_servers=["ntp.example"], finalised_at=now,
                         licence_done_at=now, mek_fingerprint="f" * 64)
+    with connection.cursor() as cursor:
+        for statement in connection.ops.sequence_reset_sql(no_style(), [Node]):
+            cursor.execute(statement)
 
 
 def certificate(names: list[str]) -> Certificate:
