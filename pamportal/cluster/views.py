@@ -71,7 +71,9 @@ def overview(request):
     removing = selectors.open_removal_member_ids()
     status = selectors.etcd_status()  # the cached read cluster_overview just made
     etcd_members = list(status.members) if status.ok else None
-    under_way = leadership_services.leadership_under_way()
+    # (asked only where a change of leader could be offered: a replicated database)
+    under_way = bool(overview.database and overview.database.replicated
+                     and leadership_services.leadership_under_way())
     for view in overview.members:
         # Each row its own form ids, and "Remove…" only where the quorum guard allows it.
         view.removal_offer = removal_offer(view.member, etcd_members, removing=view.member.pk in removing)
