@@ -215,6 +215,35 @@ def test_killed_leader_is_replaced_by_its_sync_standby_and_rejoins(pair):
                    10, what="the post-crash row on the old leader")
 
 
+def test_killed_replica_catches_up_once_started_again(pair):
+    """SIGKILL of the sync standby's Patroni and PostgreSQL: the leader goes on taking
+    writes (Patroni drops the standby from synchronous_standby_names, synchronous_mode
+    without strict), and the replica, started again, streams and has what it missed."""
+    lab = pair
+    leader = lab.api("n1").cluster().leader.name
+    replica = "n1" if leader == "n2" else "n2"
+    lab.wait_sync_standby(leader, replica, timeout=60)
+    with lab.connect(leader) as conn:  # (made by the first test already, unless run alone)
+        conn.execute("CREATE TABLE IF NOT EXISTS acknowledged (id serial PRIMARY KEY, note text NOT NULL)")
+
+    started = time.monotonic()
+    lab.member_kill(replica)
+    # (a commit waiting for the dead standby is released when Patroni drops it; the
+    # statement timeout bounds the wait should it not)
+    wait_until(lambda: lab.connect(leader, connect_timeout=3, options="-c statement_timeout=20000").execute(
+        "INSERT INTO acknowledged (note) VALUES ('while the replica was down')"), 60, what=f"{leader} writable alone")
+    FIGURES["replica SIGKILL to leader writable alone"] = time.monotonic() - started
+
+    started = time.monotonic()
+    lab.member_start(replica)
+    lab.wait_sync_standby(leader, replica, timeout=90)
+    FIGURES["killed replica back as sync standby"] = time.monotonic() - started
+    with lab.connect(replica) as conn:
+        wait_until(lambda: conn.execute("SELECT 1 FROM acknowledged WHERE note = 'while the replica was down'")
+                   .fetchone(), 10, what="the missed row on the replica")
+    assert replication_rows(lab, leader) == [(replica, "streaming", "sync")]
+
+
 def test_member_files_belong_to_the_member_and_stop_takes_postgres_down(pair):
     lab = pair
     run_as = lab.run_as
