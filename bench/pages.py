@@ -3,8 +3,8 @@
     .venv/bin/python bench/pages.py [--seconds 10] [--sessions 20] [--events 3000]
 
 Starts a real node as `make run` does (`manage.py serve` with its default gunicorn
-workers over HTTPS, the embedded SQLite database and broker, on 127.0.0.1 and a free
-port, in a temporary data dir), finishes setup through the services (address, a real
+workers over HTTPS, the embedded SQLite database and broker, on 127.0.0.81 (``--host``)
+and a free port, in a temporary data dir), finishes setup through the services (address, a real
 preflight run on the node's worker against a local SNTP responder, licence, MEK,
 finalise), appends a few thousand audit events, and makes N signed-in sessions (an
 administrator's session with its verified TOTP device, as after the login form).
@@ -80,13 +80,12 @@ end
 """
 
 
-def prepare_node(root: Path, events: int):
+def prepare_node(root: Path, events: int, host: str):
     from tests.preflight.support import SntpResponder
     from tests.support.cluster import USERS, finalise_leader, run
     from tests.support.node import NodeEnv, https_get, passing_preflight_env, start_node, wait_for
 
     env = NodeEnv(root / "node", **passing_preflight_env())
-    host = "127.0.0.1"
     # As `make run` does: serve's own defaults for gunicorn and Celery.
     base = start_node(env, host=host, small=False)
 
@@ -97,7 +96,7 @@ def prepare_node(root: Path, events: int):
             return False
 
     run(env, USERS + "user('admin', Role.ADMINISTRATOR)\nresult = True")
-    with SntpResponder() as sntp:
+    with SntpResponder(host=sntp_host(host)) as sntp:
         finalise_leader(env, host, sntp.address)
     # Finalising replaces the certificate: serve restarts gunicorn with it.
     wait_for(answers, timeout=60, what="the console after finalise")
@@ -113,6 +112,12 @@ for start in range(0, {events}, 500):
 result = True
 """)
     return env, base
+
+
+def sntp_host(host: str) -> str:
+    """The local SNTP responder's address: the loopback address after the node's."""
+    first, last = host.rsplit(".", 1)
+    return f"{first}.{int(last) + 1}"
 
 
 def make_sessions(env, count: int) -> list[str]:
@@ -186,6 +191,8 @@ def main() -> None:
     parser.add_argument("--sessions", type=int, default=20, help="concurrent signed-in sessions")
     parser.add_argument("--events", type=int, default=3000, help="audit events appended before measuring")
     parser.add_argument("--warmup", type=int, default=2, help="seconds of unmeasured load per page first")
+    parser.add_argument("--host", default="127.0.0.81",
+                        help="loopback address of the node (the SNTP responder takes the next one)")
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("bench/pages.py needs wrk (Debian: apt-get install wrk)")
@@ -198,7 +205,7 @@ def main() -> None:
     django.setup()
     env = None
     try:
-        env, base = prepare_node(root, args.events)
+        env, base = prepare_node(root, args.events, args.host)
         cookies = make_sessions(env, args.sessions)
         serve_pid = env.processes[0].pid
         rows = []

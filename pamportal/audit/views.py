@@ -29,7 +29,9 @@ from .selectors import (
     audit_event_neighbours,
     audit_event_page,
     audit_head,
+    audit_recent_exports,
     audit_trail_facts,
+    audit_trail_read,
 )
 from .services import audit_checkpoint_request
 from .siem import siem_collector, siem_configure
@@ -44,15 +46,18 @@ def event_list(request):
     form = AuditFilterForm(request.GET or None)
     partial = htmx_partial(request)
     filters = form.filters()
-    head = audit_head() if not (partial and filters) else None  # read once: the pager and the badge
-    page = audit_event_page(filters, request.GET.get("page"), per_page=PAGE_SIZE, head=head)
-    context = {"form": form, "page": page}
     # The filter form and the pager swap only the table when htmx is there.
     if partial:
-        return render(request, "audit/_table.html", context)
-    context.update(audit_trail_facts(head))
+        head = audit_head() if not filters else None  # the count of the unfiltered pager
+        page = audit_event_page(filters, request.GET.get("page"), per_page=PAGE_SIZE, head=head)
+        return render(request, "audit/_table.html", {"form": form, "page": page})
+    trail = audit_trail_read()  # read once: the pager and the badge
+    page = audit_event_page(filters, request.GET.get("page"), per_page=PAGE_SIZE, head=trail.head)
+    context = {"form": form, "page": page}
+    context.update(audit_trail_facts(trail=trail))
     context["export_form"] = ExportForm()
-    context["exports"] = list(AuditExport.objects.select_related("job")[:10])
+    # The recent exports, shown to those who may export: the table's columns only.
+    context["exports"] = audit_recent_exports() if has_capability(request.user, "audit.export") else []
     return render(request, "audit/list.html", context)
 
 

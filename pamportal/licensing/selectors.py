@@ -6,6 +6,7 @@ columns, so an edited database row cannot raise the node cap or extend the licen
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
 import threading
@@ -36,12 +37,24 @@ class LicenceStatus:
 
 
 def licence_current() -> Licence | None:
-    return Licence.objects.select_related("installed_by").filter(replaced_at__isnull=True).first()
+    """The licence in force: ``Licence.objects.filter(replaced_at__isnull=True).first()``.
+
+    Every page's licence banner reads it, so its SQL is built once per process (building
+    it cost the ORM several times the read); the row itself is read on every call. No
+    page shows the installing user's row (the licence keeps ``installed_by_name``), so
+    it is not joined."""
+    sql, params = _current_sql()
+    return next(iter(Licence.objects.raw(sql, params)), None)
+
+
+@functools.cache
+def _current_sql() -> tuple[str, tuple]:
+    return Licence.objects.filter(replaced_at__isnull=True)[:1].query.sql_with_params()
 
 
 def licence_history() -> QuerySet[Licence]:
     """Every licence ever installed, newest first (the file bytes left out)."""
-    return Licence.objects.select_related("installed_by").defer("raw")
+    return Licence.objects.defer("raw")
 
 
 def _days_left(remaining: timedelta) -> int:

@@ -27,7 +27,7 @@ AUDIT_EVENTS = 2_000
 PAGES = {
     "nodes:dashboard": 10,
     "cluster:overview": 11,
-    "audit:list": 12,
+    "audit:list": 9,
     "jobs:list": 8,
     "preflight:list": 8,
     "licensing:detail": 7,
@@ -103,3 +103,20 @@ def test_a_page_view_writes_no_session_while_its_expiry_is_fresh(finalised, logi
     assert any(q["sql"].lstrip().upper().startswith("UPDATE") and "django_session" in q["sql"]
                for q in captured.captured_queries)
 
+
+
+def test_every_page_reads_the_current_licence_as_the_orm_reads_it(finalised):
+    from django.utils import timezone
+
+    from pamportal.licensing.models import Licence
+    from pamportal.licensing.selectors import licence_current
+
+    def fields(licence):
+        return licence and {f.attname: f.value_from_object(licence) for f in Licence._meta.concrete_fields}
+
+    current = licence_current()
+    assert current is not None and current.installed_by_name
+    assert fields(current) == fields(Licence.objects.filter(replaced_at__isnull=True).first())
+    assert isinstance(bytes(current.raw), bytes) and current.installed_at.tzinfo is not None
+    Licence.objects.update(replaced_at=timezone.now())
+    assert licence_current() is None
