@@ -21,6 +21,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from django.conf import settings
 from django.db import transaction
+from django.db.models.signals import post_delete, post_save
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
@@ -28,6 +29,7 @@ from pamportal.audit.actions import AuditAction
 from pamportal.audit.refusals import Refused, audited_refusals
 from pamportal.audit.services import audit_record
 from pamportal.core.files import write_private
+from pamportal.core.memo import Memo
 from pamportal.crypto import ca as ca_format
 from pamportal.nodes.identity import node_filter, own_rows, shared_database_address
 from pamportal.nodes.models import Certificate, CertificateKind, Node, NodeRole
@@ -87,11 +89,19 @@ def removal_current() -> NodeRemoval | None:
     return own_rows(NodeRemoval.objects, "address").filter(wiped_at__isnull=True).order_by("-pk").first()
 
 
+# What every page's banner reads: at most once a second per process (a removal is
+# rare; the process that records or wipes one forgets it at once, others within a second).
+_removal_memo = Memo(removal_current, seconds=1.0, key=shared_database_address)
+post_save.connect(_removal_memo.forget, sender=NodeRemoval, weak=False)
+post_delete.connect(_removal_memo.forget, sender=NodeRemoval, weak=False)
+
+
 def removal_current_for(request) -> NodeRemoval | None:
-    """``removal_current`` read once per request: the banner and the page share it."""
+    """``removal_current`` as the pages show it, read once per request (the banner and
+    the page share it), and at most once a second per process."""
     cache = getattr(request, "_pam_node_removal", None)
     if cache is None:
-        cache = request._pam_node_removal = (removal_current(),)
+        cache = request._pam_node_removal = (_removal_memo.get(),)
     return cache[0]
 
 

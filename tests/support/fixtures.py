@@ -8,6 +8,17 @@ import pytest
 from pamportal.accounts.roles import Role
 
 
+@pytest.fixture(autouse=True)
+def _memos_forgotten():
+    """Per-process memos (``core.memo``) hold what one test's database said; a rolled
+    back transaction sends no signal, so every test starts without them."""
+    from pamportal.core.memo import forget_all
+
+    forget_all()
+    yield
+    forget_all()
+
+
 @pytest.fixture
 def data_dir(settings, tmp_path):
     """The test's own data dir (setup token, MEK file, TLS files), so nothing is shared
