@@ -29,6 +29,7 @@ from .models import (
     Decision,
     JoiningBundle,
     JoinRequest,
+    LeadershipRequest,
     MemberRole,
     MemberState,
     RemovalRequest,
@@ -58,7 +59,13 @@ def _awaiting(model, user) -> QuerySet:
 
 
 def requests_awaiting_vote_count(user) -> int:
-    return _awaiting(JoinRequest, user).count() + _awaiting(RemovalRequest, user).count()
+    """Join, removal and leadership requests waiting for this user's vote (the badge)."""
+    return sum(_awaiting(model, user).count() for model in (JoinRequest, RemovalRequest, LeadershipRequest))
+
+
+def leadership_requests_open_count() -> int:
+    """Changes of leader still open (voted on their own page, ``cluster:leadership``)."""
+    return LeadershipRequest.objects.filter(state__in=OPEN_REQUEST_STATES).count()
 
 
 def bundle_list() -> QuerySet[JoiningBundle]:

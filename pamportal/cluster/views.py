@@ -184,6 +184,7 @@ def requests(request):
     return render(request, "cluster/requests.html", {
         "views": views, "vote_form": VoteForm(),
         "may_vote": selectors.may_vote(request.user),
+        "leadership_open": selectors.leadership_requests_open_count(),
     })
 
 

@@ -426,3 +426,17 @@ def test_a_node_on_sqlite_offers_no_leadership(leader, operator, login_client, c
     assert "Automatic failover" not in page and "Set cluster leader…</summary>" not in page
     page = client.get(reverse("cluster:leadership")).content.decode()
     assert "not replicated" in page and "No change of leader requested yet." in page
+
+
+def test_the_badge_counts_a_change_of_leader_and_the_requests_page_points_to_it(patroni, operator, approvers,
+                                                                                 login_client, client):
+    from pamportal.cluster.selectors import requests_awaiting_vote_count
+
+    assert requests_awaiting_vote_count(approvers[0]) == 0
+    ask(operator)
+    assert requests_awaiting_vote_count(approvers[0]) == 1
+    assert requests_awaiting_vote_count(operator) == 0  # the requester does not vote on their own
+    login_client(approvers[0], client)
+    page = client.get(reverse("cluster:requests")).content.decode()
+    section = page[page.index('id="leadership-requests"'):]
+    assert reverse("cluster:leadership") in section[:400] and "1 open" in section[:400]
