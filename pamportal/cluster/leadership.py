@@ -503,30 +503,12 @@ def leadership_request_views(user, *, limit: int = 20) -> list:
     """Leadership requests, open ones first, as the approvals page shows requests."""
     from django.db.models import Prefetch
 
-    from .models import Approval, Decision
-    from .selectors import RequestView
+    from .models import Approval
+    from .selectors import _request_view
 
     now = timezone.now()
     votes = Prefetch("votes", queryset=Approval.objects.select_related("approver").order_by("voted_at", "id"))
     rows = LeadershipRequest.objects.select_related("requested_by", "job", "member").prefetch_related(votes)[:limit]
-    views = []
-    for request in rows:
-        votes_cast = list(request.votes.all())
-        expired = request.state == RequestState.PENDING and request.expires_at <= now
-        requester = request.requester
-        why = ""
-        if request.state != RequestState.PENDING or expired:
-            why = "votes are closed"
-        elif user.role != request.approver_role:
-            why = f"only the {request.approver_role} role votes"
-        elif requester is not None and requester.pk == user.pk:
-            why = "you made this request"
-        elif any(v.approver_id == user.pk for v in votes_cast):
-            why = "you have voted"
-        views.append(RequestView(
-            kind=LeadershipRequest.KIND, request=request, title=f"Make {request.address} the cluster leader",
-            requester=requester.get_username() if requester is not None else "(unknown)", votes=votes_cast,
-            approvals=sum(1 for v in votes_cast if v.decision == Decision.APPROVE), expired=expired,
-            can_vote=not why, why_not=why))
+    views = [_request_view(LeadershipRequest.KIND, request, user, now) for request in rows]
     views.sort(key=lambda v: (not v.open, -v.request.requested_at.timestamp()))
     return views

@@ -125,7 +125,9 @@ def _request_view(kind: str, request, user, now) -> RequestView:
         why = "you made this request"
     elif any(v.approver_id == user.pk for v in votes):
         why = "you have voted"
-    title = (f"Join of {request.follower_address}" if kind == "join" else f"Removal of {request.address}")
+    title = {"join": lambda: f"Join of {request.follower_address}",
+             "removal": lambda: f"Removal of {request.address}",
+             "leadership": lambda: f"Make {request.address} the cluster leader"}[kind]()
     return RequestView(kind=kind, request=request, title=title,
                        requester=requester.get_username() if requester is not None else "(unknown)",
                        votes=votes, approvals=approvals, expired=expired, can_vote=not why, why_not=why)

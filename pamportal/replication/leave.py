@@ -36,35 +36,13 @@ from types import SimpleNamespace
 
 from django.conf import settings
 from django.core.management import call_command
-from django.db import connections
 
 from . import database, process
-from .move import default_is
+from .move import alias_add, alias_drop, default_is
 
 logger = logging.getLogger(__name__)
 ALIAS = "kept"  # the node's own SQLite database, beside the cluster's while the wipe runs
 LEFT_PREFIX = "database.json.left-"
-
-
-def _add_alias(data_dir: Path) -> None:
-    entry = database.sqlite_settings(data_dir)
-    entry["CONN_MAX_AGE"] = 0
-    configured = connections.configure_settings({"default": dict(settings.DATABASES["default"]), ALIAS: entry})
-    connections.settings[ALIAS] = configured[ALIAS]
-    settings.DATABASES[ALIAS] = configured[ALIAS]
-
-
-def _drop_alias() -> None:
-    try:
-        connections[ALIAS].close()
-    except Exception:  # noqa: BLE001 — closing a SQLite connection we opened
-        pass
-    for holder in (connections.settings, settings.DATABASES):
-        holder.pop(ALIAS, None)
-    try:
-        delattr(connections._connections, ALIAS)
-    except AttributeError:
-        pass
 
 
 def kept_sqlite(data_dir: Path, current: database.DatabaseFile) -> Path:
@@ -95,7 +73,7 @@ def database_leave(*, removal: dict, username: str) -> Path | None:
     # database's again (``nodes.identity``), and the wipe below is a single node's.
     left = data_dir / f"{LEFT_PREFIX}{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%SZ')}"
     os.replace(database.database_file_path(data_dir), left)
-    _add_alias(data_dir)
+    alias_add(ALIAS, database.sqlite_settings(data_dir))
     try:
         if fresh:
             call_command("migrate", database=ALIAS, interactive=False, verbosity=0)
@@ -106,7 +84,7 @@ def database_leave(*, removal: dict, username: str) -> Path | None:
             who = SimpleNamespace(get_username=lambda: username)
             cluster_state_wipe(user=who, confirmation=removal["address"])
     finally:
-        _drop_alias()
+        alias_drop(ALIAS)
     member_files_forget(current.member)
     logger.info("left the cluster's database: %s moved to %s; the console and the worker go back to %s",
                 database.FILE_NAME, left.name, sqlite)

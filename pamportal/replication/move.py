@@ -246,23 +246,33 @@ def _member_settings(member: local.NodeMember) -> database.DatabaseFile:
 def _add_alias(db: database.DatabaseFile) -> None:
     tls = local.node_tls_files()
     entry = database.postgresql_settings(db, ca_file=tls.ca_file, cert_file=tls.cert_file, key_file=tls.key_file)
+    alias_add(ALIAS, entry)
+
+
+def alias_add(alias: str, entry: dict) -> None:
+    """A second database beside ``default`` while this process runs (no persistent
+    connection: it is opened for the work at hand and closed by ``alias_drop``)."""
     entry["CONN_MAX_AGE"] = 0
-    configured = connections.configure_settings({"default": dict(settings.DATABASES["default"]), ALIAS: entry})
-    connections.settings[ALIAS] = configured[ALIAS]
-    settings.DATABASES[ALIAS] = configured[ALIAS]
+    configured = connections.configure_settings({"default": dict(settings.DATABASES["default"]), alias: entry})
+    connections.settings[alias] = configured[alias]
+    settings.DATABASES[alias] = configured[alias]
 
 
-def _drop_alias() -> None:
+def alias_drop(alias: str) -> None:
     try:
-        connections[ALIAS].close()
+        connections[alias].close()
     except Exception:  # noqa: BLE001 — closing a connection to a member being removed
         pass
     for holder in (connections.settings, settings.DATABASES):
-        holder.pop(ALIAS, None)
+        holder.pop(alias, None)
     try:
-        delattr(connections._connections, ALIAS)
+        delattr(connections._connections, alias)
     except AttributeError:
         pass
+
+
+def _drop_alias() -> None:
+    alias_drop(ALIAS)
 
 
 @contextmanager
