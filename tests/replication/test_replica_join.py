@@ -480,16 +480,20 @@ result = list(AuditEvent.objects.filter(action='cluster.leader_changed').values_
     wait_for(first_hosts, timeout=30, interval=1, what="both nodes' database hosts to list the new leader first")
 
 
-def test_a_removed_member_leaves_etcd_patroni_and_at_its_wipe_the_clusters_database(lab):
-    """After the switchover above the follower leads; the first leader, now a member
-    like any, is removed with approvals: it learns it, its etcd and PostgreSQL members
-    stop, Patroni and the other node's database hosts no longer list it, and its wipe
-    takes it back to its own database, recorded in both chains."""
-    first, leading = lab.nodes[LEADER], lab.nodes[FOLLOWER]
-    assert run(leading, "from pamportal.nodes.selectors import node_current\nresult = node_current().role") == "leader"
+def current_leader(lab: Lab) -> str:
+    """The address whose node row says it leads (asked on the third node, always up)."""
+    return run(lab.nodes[BROKEN], """
+from pamportal.cluster.models import ClusterMember
+result = ClusterMember.objects.filter(role="leader", state="active").values_list("address", flat=True).first()
+""")
 
-    # a third member first, joining the new leader (bundle and setup API served by it):
-    # etcd keeps its quorum when one of three goes
+
+def test_a_third_node_joins_the_new_leader(lab):
+    """After the switchover above the follower leads: a third node joins it (bundle and
+    setup API served by the new leader), so that etcd keeps its quorum when one of
+    three goes (the kill and the removal below)."""
+    leading = lab.nodes[FOLLOWER]
+    assert run(leading, "from pamportal.nodes.selectors import node_current\nresult = node_current().role") == "leader"
     third = lab.node(BROKEN, data_root=lab.root / "third")
     start(third, BROKEN)
     checked = open_and_check(third, BROKEN, bundle_for(leading, BROKEN, lab.root), lab.mek)
@@ -506,12 +510,110 @@ def test_a_removed_member_leaves_etcd_patroni_and_at_its_wipe_the_clusters_datab
     wait_for(third_switched, timeout=400, interval=2, what=f"{BROKEN} to join the new leader")
     wait_for(lambda: len([m for m in patroni_cluster(leading, FOLLOWER) if m["state"] == "streaming"]) == 2,
              timeout=120, interval=2, what="two replicas streaming from the new leader")
+
+
+WRITER = """
+import time
+from django.db import connections, transaction
+from pamportal.audit.services import audit_record
+deadline, n = time.monotonic() + __SECONDS__, 0
+while time.monotonic() < deadline:
+    n += 1
+    try:
+        with transaction.atomic():
+            e = audit_record(action='audit.verified', target=f'write {n} while the leader dies')
+        print(f"ACK {time.time():.3f} {e.position} {e.hash}", flush=True)
+    except Exception as exc:
+        print(f"ERR {time.time():.3f} {type(exc).__name__}", flush=True)
+        connections.close_all()
+        time.sleep(0.2)
+    time.sleep(0.05)
+"""
+
+
+def node_processes(env: NodeEnv) -> list[int]:
+    """Every process of a node: its serve and all serve's descendants (console, worker,
+    APIs, etcd, Patroni), and its PostgreSQL with its backends."""
+    from tests.core.test_serve_children import descendants
+
+    roots = [p.pid for p in env.processes if p.poll() is None]
+    # PostgreSQL's postmaster is started detached by Patroni: found by its pid file
+    member = json.loads((env.data_dir / "database.json").read_text())["member"]
+    postmaster = process.postmaster_pid(process.member_paths(Path(env.env["PAM_POSTGRES_BASE"]), member).data_dir)
+    roots += [postmaster] if postmaster else []
+    return [*roots, *(pid for root in roots for pid in descendants(root))]
+
+
+def test_the_leader_node_killed_while_a_console_writes(lab):
+    """The whole leader node SIGKILLed (console, worker, etcd, Patroni and PostgreSQL at
+    once) while a client on another node's Django appends audit events: every event it
+    saw acknowledged is in the new leader's chain, the chain verifies, the records say
+    who leads now, and the killed node comes back as a replica."""
+    victim = current_leader(lab)
+    killed, third = lab.nodes[victim], lab.nodes[BROKEN]
+    writer = third.spawn([sys.executable, str(REPO / "manage.py"), "shell", "-c",
+                          WRITER.replace("__SECONDS__", "75")], "writer")
+
+    def acks() -> list[tuple[float, int, str]]:
+        return [(float(t), int(p), h) for kind, t, p, h in
+                (line.split() for line in third.log("writer").splitlines() if line.startswith("ACK "))]
+
+    wait_for(lambda: len(acks()) >= 10, timeout=60, interval=0.5, what="the writer's first acknowledged events")
+    pids = node_processes(killed)
+    killed_at = time.time()
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    for proc in killed.processes:
+        proc.wait(timeout=30)
+    killed.processes.clear()
+
+    after = wait_for(lambda: [a for a in acks() if a[0] > killed_at][:1], timeout=90, interval=0.5,
+                     what="an acknowledged write after the leader node died")
+    FIGURES["leader node SIGKILL to a write acknowledged s"] = after[0][0] - killed_at
+    new_leader = wait_for(lambda: (lambda a: a if a and a != victim else None)(current_leader(lab)), timeout=30,
+                          interval=1, what="the records to name the new leader")
+    writer.wait(timeout=120)
+    seen = acks()
+    errors = [line for line in third.log("writer").splitlines() if line.startswith("ERR ")]
+    assert len(seen) > 20 and all(a[1] < b[1] for a, b in zip(seen, seen[1:])), seen[-5:]
+    missing = run(third, f"""
+from pamportal.audit.models import AuditEvent
+seen = {[(p, h) for _, p, h in seen]!r}
+stored = dict(AuditEvent.objects.filter(position__in=[p for p, _ in seen]).values_list("position", "hash"))
+result = [(p, h) for p, h in seen if stored.get(p) != h]
+""")
+    assert missing == [], missing  # every acknowledged event, with its hash, in the new leader's chain
+    assert third.manage("audit_verify").returncode == 0
+    print(f"\nleader {victim} killed: {len(seen)} events acknowledged, {len(errors)} refused meanwhile, "
+          f"new leader {new_leader}")
+
+    # the killed node comes back: its etcd and its console, its PostgreSQL as a replica
+    start_node(killed, host=victim, port=8443)
+    started = time.monotonic()
+    wait_for(lambda: len([m for m in patroni_cluster(lab.nodes[new_leader], new_leader)
+                          if m["state"] == "streaming"]) == 2,
+             timeout=180, interval=2, what="the killed node streaming again")
+    FIGURES["killed leader node back as a replica s"] = time.monotonic() - started
+
+
+def test_a_removed_member_leaves_etcd_patroni_and_at_its_wipe_the_clusters_database(lab):
+    """A member that does not lead (one of the first two: the first leader, or the
+    node killed above) is removed with approvals: it learns it, its etcd and PostgreSQL
+    members stop, Patroni and the other nodes' database hosts no longer list it, and its
+    wipe takes it back to its own database, recorded in both chains."""
+    leader_address = current_leader(lab)
+    gone = LEADER if leader_address != LEADER else FOLLOWER
+    stays = next(a for a in (LEADER, FOLLOWER, BROKEN) if a not in (gone, leader_address))
+    first, leading = lab.nodes[gone], lab.nodes[leader_address]
     first_member = run(first, "import json\nfrom pathlib import Path\nfrom django.conf import settings\n"
                               "result = json.loads((Path(settings.PAM_DATA_DIR) / 'database.json').read_text())['member']")
     pk = run(leading, USERS + f"""
 from pamportal.cluster.models import ClusterMember
 from pamportal.cluster.removal import removal_request_create
-m = ClusterMember.objects.get(address={LEADER!r})
+m = ClusterMember.objects.get(address={gone!r})
 result = removal_request_create(user=user('operator', Role.OPERATOR), member_id=m.pk,
                                 reason="taken out of service for the test").pk
 """)
@@ -529,35 +631,35 @@ r = RemovalRequest.objects.get(pk={pk})
 assert r.state != "failed", r.failure_reason
 result = r.node_notified_at is not None and [r.node_notice_detail, r.member.cert_serial]
 """), timeout=90, interval=1, what="the removal job and its notice")
-    assert told[0] == "accepted" and told[1], told  # the first leader's certificate named, and revoked
+    assert told[0] == "accepted" and told[1], told  # its certificate named (the first leader's too), and revoked
     assert run(leading, f"""
 from pamportal.cluster.models import RevokedCertificate
-result = RevokedCertificate.objects.filter(serial={told[1]!r}, address={LEADER!r}).exists()
+result = RevokedCertificate.objects.filter(serial={told[1]!r}, address={gone!r}).exists()
 """)
 
     # the removed node: knows it, its etcd and its PostgreSQL member stop, Patroni forgets it
-    page = run(first, PAGE.replace("__HOST__", repr(LEADER)).replace('"/setup/join/status/"', '"/"'))
+    page = run(first, PAGE.replace("__HOST__", repr(gone)).replace('"/setup/join/status/"', '"/"'))
     assert page[0] == 200 and f"by request {pk}" in page[1] and "removed from cluster" in page[1], page[1][:2000]
 
     def out_of_patroni():
-        names = [m["name"] for m in patroni_cluster(leading, FOLLOWER)]
+        names = [m["name"] for m in patroni_cluster(leading, leader_address)]
         return names if first_member not in names else None
 
     names = wait_for(out_of_patroni, timeout=90, interval=2, what="the removed member to leave Patroni")
     FIGURES["removal approved to out of Patroni s"] = time.monotonic() - started
     assert len(names) == 2, names
     assert "patroni is no longer needed on this node" in first.log("serve")
-    peers = sorted(m["peerURLs"][0] for m in etcdctl_members(leading.data_dir, FOLLOWER))
-    assert peers == [f"https://{FOLLOWER}:2380", f"https://{BROKEN}:2380"], peers
-    for env in (leading, third):
+    peers = sorted(m["peerURLs"][0] for m in etcdctl_members(leading.data_dir, leader_address))
+    assert peers == sorted([f"https://{leader_address}:2380", f"https://{stays}:2380"]), peers
+    for env in (leading, lab.nodes[stays]):
         wait_for(lambda: [h["host"] for h in json.loads((env.data_dir / "database.json").read_text())["hosts"]]
-                 == [FOLLOWER, BROKEN], timeout=30, interval=1, what="the database hosts without the removed member")
+                 == [leader_address, stays], timeout=30, interval=1, what="the database hosts without the removed member")
 
     # its wipe: recorded in the cluster's chain, then the node is back on its own database
-    wiped = run(first, PAGE.replace("__HOST__", repr(LEADER)).replace('r = c.get("/setup/join/status/", secure=True)\n'
+    wiped = run(first, PAGE.replace("__HOST__", repr(gone)).replace('r = c.get("/setup/join/status/", secure=True)\n'
                                                                       'result = [r.status_code, r.content.decode()]', f"""
 wrong = c.post("/cluster/removed/", {{"confirmation": "yes"}}, secure=True)
-right = c.post("/cluster/removed/", {{"confirmation": {LEADER!r}}}, secure=True)
+right = c.post("/cluster/removed/", {{"confirmation": {gone!r}}}, secure=True)
 result = [wrong.status_code, right.status_code, right.get("Location", "")]
 """))
     assert wiped == [400, 302, "/setup/"], wiped
@@ -578,7 +680,7 @@ result = {"vendor": connection.vendor, "finalised": n.finalised, "role": n.role,
 from pamportal.audit.models import AuditEvent
 e = AuditEvent.objects.filter(action="node.cluster_state_wiped").order_by("-position").first()
 result = e is not None and e.target
-""") == f"node:{LEADER}"
+""") == f"node:{gone}"
     assert not (Path(first.env["PAM_POSTGRES_BASE"]) / first_member).exists()  # the member's files went
     wait_for(lambda: "moving the console and the worker back onto its own" in first.log("serve"), timeout=20,
              what="serve to move the removed node back onto its own database")
