@@ -285,7 +285,7 @@ def test_the_real_page_lists_the_real_member_as_leader(leader, data_dir, fake_et
         client = as_role("viewer")
         page = _page(client)
         assert re.search(rf'led by <strong id="database-leader">{REAL_MEMBER}</strong> \({re.escape(REAL_ADDRESS)}\), '
-                         r"timeline 1\.", page), re.search(r'<section id="database-view">.*?</section>', page, re.S)
+                         r"timeline 1\.", page), re.search(r'<section id="database-view">.*?</section>', page, re.S).group(0)
         assert "leader running 1 –" in _row(page, LEADER)
         assert "is led by <strong>node-127-0-0-91</strong> (127.0.0.91), this node." in _page(client, "nodes:dashboard")
 

@@ -235,10 +235,13 @@ class Lab:
             return ""
 
     def wait_leader(self, asked: str, expected: str | None = None, *, timeout: float = 60.0) -> str:
+        # Running and its timeline reported: Patroni leaves the timeline out of a member's
+        # record while an action (the bootstrap's last steps, a promotion) is still
+        # scheduled, so "running" alone can come one HA loop before the timeline does.
         def leader():
             view = self.api(asked).cluster()
             lead = view.leader
-            if lead and lead.state == "running" and (expected is None or lead.name == expected):
+            if lead and lead.state == "running" and lead.timeline and (expected is None or lead.name == expected):
                 return lead.name
             return None
 
