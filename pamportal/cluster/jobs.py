@@ -24,7 +24,7 @@ from pamportal.audit.services import audit_record
 from pamportal.core import config
 from pamportal.crypto import ca
 from pamportal.jobs.choices import Status
-from pamportal.jobs.registry import JobKind, StepSpec, register
+from pamportal.jobs.registry import RUNS_ON_LEADER, JobKind, StepSpec, register
 from pamportal.nodes import keystore
 from pamportal.nodes.models import SEAL_PURPOSE, CertificateKind, NodeRole
 from pamportal.replication import join as replication_join
@@ -69,6 +69,7 @@ def _bundle_build(ctx) -> dict:
 
 BUNDLE = register(JobKind(
     name=BUNDLE_KIND, title="Joining bundle",
+    runs_on=RUNS_ON_LEADER,
     steps=(StepSpec("build", "Write the encrypted bundle file", _bundle_build, max_attempts=2),),
 ))
 
@@ -418,6 +419,7 @@ def _activate(ctx, request_id: int) -> dict:
 
 JOIN = register(JobKind(
     name=JOIN_KIND, title="Join a node to the cluster",
+    runs_on=RUNS_ON_LEADER,
     steps=(
         StepSpec("sign", "Sign the node's certificate with the cluster CA", _guarded(_sign), max_attempts=2),
         StepSpec("learner", "Add the node to etcd as a learner", _guarded(_learner), max_attempts=2),
@@ -520,6 +522,7 @@ def _remove(ctx) -> dict:
 
 REMOVE = register(JobKind(
     name=REMOVE_KIND, title="Remove a node from the cluster",
+    runs_on=RUNS_ON_LEADER,
     steps=(StepSpec("remove", "Remove the etcd member, revoke the certificate, tell the node", _remove,
                     max_attempts=2),),
 ))

@@ -5,6 +5,7 @@ from __future__ import annotations
 from celery import shared_task
 
 from pamportal.core.context import acting
+from pamportal.jobs.placement import leader_jobs_take
 
 from .bundles import bundles_expire
 from .database_view import patroni_status
@@ -47,8 +48,11 @@ def heartbeats() -> int:
 @shared_task(name="pamportal.cluster.tasks.leader_follow", acks_late=True, ignore_result=True)
 def leader_follow_task() -> str | None:
     """Every node: record Patroni's leader as the cluster's leader if it changed, and
-    list Patroni's members as this node's database hosts (one read of Patroni for both)."""
+    list Patroni's members as this node's database hosts (one read of Patroni for both).
+    The leader then takes the cluster's jobs that a node which does not lead left for it."""
     status = patroni_status(max_age=0.0)
     hosts_follow(status=status)
     with acting(actor_id=None, actor_name="cluster leader follow"):
-        return leader_follow(status=status, how="failover or switchover seen in Patroni")
+        changed = leader_follow(status=status, how="failover or switchover seen in Patroni")
+        leader_jobs_take()
+        return changed

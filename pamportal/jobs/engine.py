@@ -81,10 +81,19 @@ class IllegalTransition(JobRefused):
 
 def job_enqueue(job_id: int) -> None:
     """Queue the job once the caller's transaction commits."""
+    transaction.on_commit(lambda: _send(job_id))
+
+
+def _send(job_id: int) -> None:
+    """One queue message, unless the job is the cluster's and this node does not lead
+    (``placement``): then the leader takes it."""
     # tasks imports this module (its tasks call the engine): a real cycle.
+    from .placement import handed_to_leader
     from .tasks import run_job
 
-    transaction.on_commit(lambda: run_job.delay(job_id))
+    if handed_to_leader(job_id):
+        return
+    run_job.delay(job_id)
 
 
 # --- the one transition service ---------------------------------------------------------
@@ -391,8 +400,13 @@ def job_execute(*, job_id: int, worker_id: str) -> str:
 
     Returns how it ended here: "succeeded", "failed", "cancelled" (the job's status),
     "held" (another worker holds the next step), "lost" (this worker's lease was taken
-    away while a step ran; its outcome was discarded) or "missing".
+    away while a step ran; its outcome was discarded), "missing", or "handed to the
+    leader" (the cluster's job, and this node no longer leads: ``placement``).
     """
+    from .placement import handed_to_leader
+
+    if handed_to_leader(job_id):
+        return "handed to the leader"
     for _ in range(Step.objects.filter(job_id=job_id).count() + 1):
         outcome, job, step = step_claim(job_id, worker_id)
         if outcome != "claimed":

@@ -20,6 +20,9 @@ class Job(models.Model):
     finished_at = models.DateTimeField(null=True, blank=True)
     runs = models.PositiveIntegerField(default=1)
     output_counter = models.PositiveIntegerField(default=0)
+    # A job of the cluster's (``registry.RUNS_ON_LEADER``) made on a node that does not
+    # lead: no queue message was sent; the leader's worker takes it (``placement``).
+    awaiting_leader = models.BooleanField(default=False, db_index=True)
 
     class Meta:
         ordering = ["-created_at", "-id"]

@@ -41,6 +41,14 @@ class StepSpec:
 
 DEFAULT_VIEW_CAPABILITY = "jobs.view"
 
+# Where a job of a kind runs once the database is the cluster's, shared by every node:
+# NODE on the node whose console or worker created it (its params then carry
+# ``node_address``); LEADER on whichever node leads when a worker takes it (the
+# cluster's own work: bundles signed by the cluster CA, joins, removals). On a
+# database of the node's own, every job runs where it was made.
+RUNS_ON_NODE = "node"
+RUNS_ON_LEADER = "leader"
+
 
 @dataclass(frozen=True)
 class JobKind:
@@ -49,6 +57,7 @@ class JobKind:
     steps: tuple[StepSpec, ...] = field(default_factory=tuple)
     # Who may see jobs of this kind and their output (a capability in accounts.roles).
     view_capability: str = DEFAULT_VIEW_CAPABILITY
+    runs_on: str = RUNS_ON_NODE
 
 
 _KINDS: dict[str, JobKind] = {}
@@ -74,6 +83,12 @@ def view_capability_of(name: str) -> str:
     """A kind this process does not know is seen with the default capability."""
     kind = _KINDS.get(name)
     return kind.view_capability if kind is not None else DEFAULT_VIEW_CAPABILITY
+
+
+def runs_on_leader(name: str) -> bool:
+    """A kind this process does not know runs where it was made."""
+    kind = _KINDS.get(name)
+    return kind is not None and kind.runs_on == RUNS_ON_LEADER
 
 
 def load_plugins() -> None:

@@ -9,7 +9,7 @@ from pamportal.audit.actions import AuditAction, Outcome
 from pamportal.audit.refusals import audited_refusals
 from pamportal.audit.services import audit_record
 
-from . import registry
+from . import placement, registry
 from .choices import OutputLevel, Status
 from .engine import IllegalTransition, JobNotFound, JobRefused, job_enqueue, job_log, status_transition
 from .models import Job, Step
@@ -28,7 +28,8 @@ def job_create(*, kind: str, params: dict | None = None, created_by=None, title:
     spec = registry.get(kind)
     if not spec.steps:
         raise ValueError(f"job kind {kind!r} has no steps")
-    job = Job.objects.create(kind=kind, title=title or spec.title, params=params or {}, created_by=created_by)
+    job = Job.objects.create(kind=kind, title=title or spec.title, params=placement.job_params(kind, params),
+                             created_by=created_by)
     Step.objects.bulk_create(
         Step(job=job, index=i, name=s.name, title=s.title, max_attempts=max(1, s.max_attempts))
         for i, s in enumerate(spec.steps)

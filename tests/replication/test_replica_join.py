@@ -617,8 +617,10 @@ m = ClusterMember.objects.get(address={gone!r})
 result = removal_request_create(user=user('operator', Role.OPERATOR), member_id=m.pk,
                                 reason="taken out of service for the test").pk
 """)
-    for approver in ("approver-5", "approver-6"):
-        run(leading, USERS + f"""
+    # the last vote on a follower's console: the job is the cluster's, so the leader runs it
+    # (the removed node accepts a notice from the leader only)
+    for approver, console in (("approver-5", leading), ("approver-6", lab.nodes[stays])):
+        run(console, USERS + f"""
 from pamportal.cluster import requests as cs
 a = user({approver!r}, Role.APPROVER)
 cs.removal_request_vote(request_id={pk}, user=a, decision="approve", totp_code=code(a))
@@ -632,6 +634,12 @@ assert r.state != "failed", r.failure_reason
 result = r.node_notified_at is not None and [r.node_notice_detail, r.member.cert_serial]
 """), timeout=90, interval=1, what="the removal job and its notice")
     assert told[0] == "accepted" and told[1], told  # its certificate named (the first leader's too), and revoked
+    output = run(leading, f"""
+from pamportal.cluster.models import RemovalRequest
+result = list(RemovalRequest.objects.get(pk={pk}).job.output.values_list("text", flat=True))
+""")
+    assert any(f"this node ({stays}) does not lead the cluster" in line for line in output), output
+    assert any(f"taken by the cluster's leader ({leader_address})" in line for line in output), output
     assert run(leading, f"""
 from pamportal.cluster.models import RevokedCertificate
 result = RevokedCertificate.objects.filter(serial={told[1]!r}, address={gone!r}).exists()
