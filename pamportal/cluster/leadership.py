@@ -419,6 +419,24 @@ def _fail(request_id: int, reason: str, *, method: str = "", seconds: float | No
                               "method": request.method, "seconds": seconds})
 
 
+def leadership_reconcile() -> int:
+    """Fail, with the reason, the approved or running requests whose job ended without
+    success in a way the job could not record (its worker killed on its last attempt,
+    the job cancelled): else the request would stay "running" and block every other
+    change of leader. The leader's housekeeping; returns how many were failed."""
+    from pamportal.jobs.choices import Status
+
+    stuck = (LeadershipRequest.objects.filter(state__in=[RequestState.APPROVED, RequestState.RUNNING],
+                                              job__status__in=[Status.FAILED, Status.CANCELLED, Status.SKIPPED])
+             .select_related("job"))
+    count = 0
+    for request in list(stuck[:50]):
+        error = request.job.steps.exclude(error="").order_by("-index").values_list("error", flat=True).first()
+        _fail(request.pk, f"its job {request.job.status}" + (f": {error}" if error else ""))
+        count += 1
+    return count
+
+
 def leadership_move(*, request_id: int, log=lambda text, level="info": None) -> dict:
     """Carry out an approved request, once: a request done already is not moved again, a
     request whose operation changed after the votes fails. Raises LeadershipFailure

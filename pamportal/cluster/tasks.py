@@ -11,6 +11,7 @@ from .bundles import bundles_expire
 from .database_view import patroni_status
 from .jobs import joins_reconcile
 from .leader_follow import hosts_follow, leader_follow, this_node_leads
+from .leadership import leadership_reconcile
 from .members import members_heartbeat
 from .removal import removal_notices_retry
 from .removed import removal_check, removal_enforce
@@ -19,8 +20,8 @@ from .requests import requests_expire
 
 @shared_task(name="pamportal.cluster.tasks.housekeeping", acks_late=True, ignore_result=True)
 def housekeeping() -> dict:
-    """Expire bundles and requests, and undo joins whose job died unseen: the leader's
-    work (on a replicated cluster every node's worker runs this task)."""
+    """Expire bundles and requests, undo joins and fail changes of leader whose job died
+    unseen: the leader's work (on a replicated cluster every node's worker runs this task)."""
     if not this_node_leads():
         return {}
     with acting(actor_id=None, actor_name="cluster housekeeping"):
@@ -28,6 +29,7 @@ def housekeeping() -> dict:
             "bundles_expired": bundles_expire(),
             "requests_expired": requests_expire(),
             "joins_undone": joins_reconcile(),
+            "leadership_requests_failed": leadership_reconcile(),
         }
 
 

@@ -440,3 +440,25 @@ def test_the_badge_counts_a_change_of_leader_and_the_requests_page_points_to_it(
     page = client.get(reverse("cluster:requests")).content.decode()
     section = page[page.index('id="leadership-requests"'):]
     assert reverse("cluster:leadership") in section[:400] and "1 open" in section[:400]
+
+
+def test_a_request_whose_job_died_unseen_is_failed_with_the_reason(patroni, operator, approvers):
+    """The job's worker killed on its last attempt (the reaper fails the step and the job,
+    but no step of the job runs to fail the request): the leader's housekeeping does,
+    so the request does not stay "running" and block every later change of leader."""
+    from pamportal.jobs.choices import Status
+    from pamportal.jobs.models import Job
+
+    request = approved(operator, approvers)
+    LeadershipRequest.objects.filter(pk=request.pk).update(state=RequestState.RUNNING)
+    assert leadership.leadership_reconcile() == 0  # its job still pending: nothing to do
+    Job.objects.filter(pk=request.job_id).update(status=Status.FAILED)
+    request.job.steps.update(status=Status.FAILED, error="worker w1 stopped renewing its lease")
+    assert leadership.leadership_reconcile() == 1
+    request.refresh_from_db()
+    assert request.state == RequestState.FAILED
+    assert request.failure_reason == "its job failed: worker w1 stopped renewing its lease"
+    [failed] = events(AuditAction.CLUSTER_LEADERSHIP_FAILED)
+    assert failed.data["reason"] == request.failure_reason
+    assert leadership.leadership_reconcile() == 0  # once
+    assert not leadership.leadership_under_way()  # a new change of leader may be asked for
