@@ -95,7 +95,7 @@ def test_only_the_leader_does_the_leaders_periodic_work(cluster, settings, tmp_p
     leader_follow(status=status(B))  # B leads now: its worker does the leader's work
     assert this_node_leads()
     assert heartbeats() == 1 and calls == ["heartbeat", "notices", "enforce", "check"]
-    assert set(housekeeping()) == {"bundles_expired", "requests_expired", "joins_undone"}
+    assert set(housekeeping()) == {"bundles_expired", "requests_expired", "joins_undone", "leadership_requests_failed"}
 
 
 # --- each node's database hosts follow Patroni's members -----------------------------------------
