@@ -82,3 +82,49 @@ def unseal(sealed: bytes, *, user_id) -> bytes:
             "the sealed TOTP secret does not open: the TOTP key file was replaced, "
             "or the row was altered or moved to another user"
         ) from None
+
+
+# --- one key for the cluster ------------------------------------------------------------------
+# On a replicated cluster every node reads the same TOTP devices from the cluster's
+# database, so every node needs the key they were sealed with: a joining node adopts the
+# leader's, handed over sealed under the MEK (``cluster.api.join_status_payload``). Its own
+# key is kept beside it, for its own database, to which it goes back if it is removed.
+OWN_SUFFIX = ".own"
+
+
+def own_key_path() -> Path:
+    return key_path().with_name(key_path().name + OWN_SUFFIX)
+
+
+def key_export() -> bytes:
+    """This node's key (made now when there is none): for sealing under the MEK only."""
+    return _load(create=True)
+
+
+def key_adopt(key: bytes) -> bool:
+    """Seal and open TOTP secrets with ``key`` (the cluster's) from now on, keeping this
+    node's own key as ``totp-seal.key.own`` the first time. Returns True when the key
+    file changed. Idempotent."""
+    if len(key) != KEY_BYTES:
+        raise TOTPKeyUnreadable(f"the cluster's TOTP key is not {KEY_BYTES} bytes")
+    path = key_path()
+    try:
+        current = path.read_bytes()
+    except FileNotFoundError:
+        current = None
+    if current == key:
+        return False
+    if current is not None and not own_key_path().exists():
+        write_private(own_key_path(), current, exclusive=True)
+    write_private(path, key)
+    return True
+
+
+def key_restore_own() -> bool:
+    """Back to this node's own key (it left the cluster's database). Returns True when a
+    kept key was put back."""
+    own = own_key_path()
+    if not own.exists():
+        return False
+    own.replace(key_path())
+    return True

@@ -16,6 +16,8 @@ from django.views.decorators.cache import never_cache
 from django.views.decorators.csrf import csrf_exempt
 from django.views.decorators.http import require_GET, require_POST
 
+from pamportal.accounts import totp_seal
+from pamportal.nodes import keystore
 from pamportal.nodes.selectors import node_address, node_current
 from pamportal.replication.join import database_replicated
 
@@ -110,6 +112,11 @@ def join_status_payload(join_request) -> dict:
             # The cluster's database: replicated (hosts to list, leader first) or not.
             "database": {"replicated": replica is not None, "hosts": replica.hosts if replica is not None else []},
         }
+        if replica is not None:
+            # The TOTP devices in that database are sealed with the cluster's key: the
+            # follower adopts it (sealed under the MEK) when it switches databases.
+            data["handover"]["database"]["totp_seal_key"] = keystore.seal(
+                purpose=protocol.TOTP_KEY_PURPOSE, data=totp_seal.key_export())
     return data
 
 

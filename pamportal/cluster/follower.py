@@ -24,6 +24,7 @@ from django.db import transaction
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
+from pamportal.accounts import totp_seal
 from pamportal.audit.actions import AuditAction, Outcome
 from pamportal.audit.refusals import Refused, audited_refusals
 from pamportal.audit.services import audit_record
@@ -406,7 +407,8 @@ def _apply_handover(join: FollowerJoin, handover: dict) -> None:
         join.state = JoinState.JOINING
         database = handover.get("database") or {}
         if database.get("replicated"):
-            join.replica = {**join.replica, "hosts": list(database.get("hosts") or [])}
+            join.replica = {**join.replica, "hosts": list(database.get("hosts") or []),
+                            "totp_seal_key": str(database.get("totp_seal_key") or "")}
         join.save(update_fields=["state", "replica", "updated_at"])
         audit_record(action=AuditAction.JOIN_HANDOVER_APPLIED, target=f"node:{join.own_address}",
                      details={"etcd_member": handover.get("etcd_member_name", ""),
@@ -585,6 +587,16 @@ def local_etcd_member_name(join: FollowerJoin) -> str:
     return config.name if config is not None else local_etcd.member_name(join.own_address)
 
 
+def _totp_key_adopt(join: FollowerJoin) -> bool:
+    """The cluster's TOTP seal key, from the handover (sealed under the MEK), before the
+    console reads the cluster's TOTP devices. A leader from before the key was handed
+    over sends none: its devices then open on the nodes that enrolled them only."""
+    sealed = join.replica.get("totp_seal_key") or ""
+    if not sealed:
+        return False
+    return totp_seal.key_adopt(keystore.unseal(purpose=protocol.TOTP_KEY_PURPOSE, sealed=sealed))
+
+
 def _switch(ctx, join: FollowerJoin) -> dict:
     """Last: this node's database becomes the cluster's (``database.json``); recorded in
     its own trail first, and the file written once that commits. ``serve`` notices the
@@ -598,6 +610,9 @@ def _switch(ctx, join: FollowerJoin) -> dict:
                                   "pre_join_head": join.replica.get("pre_join_head"),
                                   "export": join.replica.get("export_path")})
     # After the record commits (a step run again writes it again: the record says switched).
+    if _totp_key_adopt(join):
+        ctx.log("the cluster's TOTP key installed: second factors enrolled on any node work on this one "
+                "(this node's own key is kept for its own database)")
     written = replication_join.database_switch(hosts=hosts, member=join.replica["member"],
                                                node_address=join.own_address)
     ctx.log("database.json written: this node now uses the cluster's database ("

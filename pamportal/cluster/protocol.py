@@ -16,6 +16,10 @@ from pamportal.crypto import strictjson
 from pamportal.crypto.bundle import canonical_json, normalize_address
 
 SETUP_API_PREFIX = "/api/setup/v1/"
+# The MEK purpose under which the leader hands a joining replica the cluster's TOTP seal
+# key (``accounts.totp_seal``): the follower proved it holds the MEK, and nothing else can
+# open it.
+TOTP_KEY_PURPOSE = "cluster totp-seal key v1"
 # A join request nests 3 deep (the preflight summary's lists); room is left so that a
 # follower adding a little structure to its summary is not refused for it.
 MAX_DEPTH = 16

@@ -37,6 +37,8 @@ from types import SimpleNamespace
 from django.conf import settings
 from django.core.management import call_command
 
+from pamportal.accounts import totp_seal
+
 from . import database, process
 from .move import alias_add, alias_drop, default_is
 
@@ -73,6 +75,8 @@ def database_leave(*, removal: dict, username: str) -> Path | None:
     # database's again (``nodes.identity``), and the wipe below is a single node's.
     left = data_dir / f"{LEFT_PREFIX}{datetime.now(timezone.utc).strftime('%Y%m%dT%H%M%SZ')}"
     os.replace(database.database_file_path(data_dir), left)
+    # Its own database's TOTP devices are sealed with its own key, kept at the join.
+    totp_seal.key_restore_own()
     alias_add(ALIAS, database.sqlite_settings(data_dir))
     try:
         if fresh:

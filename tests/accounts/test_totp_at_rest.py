@@ -218,3 +218,34 @@ def test_the_test_code_helper_waits_for_a_later_step_clear_of_a_boundary():
     assert fresh_step(-1, clock=lambda: now[0], sleep=sleep) == 101  # not 100: too close to its end
     assert fresh_step(101, clock=lambda: now[0], sleep=sleep) == 102  # 101 was used: wait for the next
     assert sum(slept) < 31 and len(slept) == 2
+
+
+# --- one key for the cluster -------------------------------------------------------------------
+@pytest.mark.django_db
+def test_a_joining_node_adopts_the_clusters_key_and_goes_back_to_its_own(own_data_dir, tmp_path_factory, settings):
+    """The leader's devices open on the follower once it adopted the leader's key; its own
+    key is kept, and put back when it leaves the cluster's database."""
+    user = _new_user("bea")
+    device = TOTPDevice.objects.create(user=user, name="phone", key=KEY_HEX, confirmed=True)  # sealed on "the leader"
+    leader_key = totp_seal.key_export()
+
+    settings.PAM_DATA_DIR = tmp_path_factory.mktemp("follower")  # another node, another key
+    own_key = totp_seal.key_export()
+    assert own_key != leader_key
+    with pytest.raises(totp_seal.TOTPKeyUnreadable, match="does not open"):
+        TOTPDevice.objects.get(pk=device.pk).bin_key
+
+    assert totp_seal.key_adopt(leader_key) is True
+    assert TOTPDevice.objects.get(pk=device.pk).bin_key == bytes.fromhex(KEY_HEX)
+    assert totp_seal.own_key_path().read_bytes() == own_key
+    assert stat.S_IMODE(totp_seal.key_path().stat().st_mode) == 0o600
+    assert stat.S_IMODE(totp_seal.own_key_path().stat().st_mode) == 0o600
+    assert totp_seal.key_adopt(leader_key) is False  # a step run again changes nothing
+    assert totp_seal.own_key_path().read_bytes() == own_key  # and never keeps the cluster's as its own
+
+    assert totp_seal.key_restore_own() is True
+    assert totp_seal.key_path().read_bytes() == own_key and not totp_seal.own_key_path().exists()
+    assert totp_seal.key_restore_own() is False
+    with pytest.raises(totp_seal.TOTPKeyUnreadable):
+        totp_seal.key_adopt(leader_key[:16])
+

@@ -397,6 +397,13 @@ result = {"vendor": connection.vendor, "dave": dave is not None and dave.check_p
           "local": get_user_model().objects.filter(username='local-only').exists()}
 """ % PASSWORD)
     assert seen == {"vendor": "postgresql", "dave": True, "local": False}, seen
+    # his second factor, enrolled on the leader, opens on the follower (the cluster's TOTP key)
+    totp_key = """
+from pamportal.accounts.models import TOTPDevice
+result = TOTPDevice.objects.get(user__username='dave').bin_key.hex()
+"""
+    assert run(follower, totp_key) == run(leader, totp_key)
+    assert (follower.data_dir / "totp-seal.key.own").exists()
 
     # an event recorded through the follower's Django is in the leader's chain
     position = run(follower, """
