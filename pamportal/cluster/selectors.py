@@ -365,14 +365,23 @@ def join_request_facts(request: JoinRequest) -> JoinRequestFacts:
 class NodeStanding:
     """This node's place in a cluster, in the operator's words. Until the cluster is
     replicated, a follower's own database knows nothing of the cluster: it is managed
-    on the leader."""
+    on the leader. Once it is, any member's console manages it."""
 
     role: str  # a NodeRole value
     leader_address: str = ""
+    # A follower on the cluster's replicated database: it holds the cluster's data, and
+    # its console manages the cluster as the leader's does (the cluster's jobs still run
+    # on the leader: ``jobs.placement``).
+    shared: bool = False
 
     @property
     def is_follower(self) -> bool:
         return self.role == "follower"  # NodeRole.FOLLOWER
+
+    @property
+    def manages_cluster(self) -> bool:
+        """Whether bundles, requests, votes, removals and the policy are on this console."""
+        return not self.is_follower or self.shared
 
     @property
     def database(self) -> DatabaseStatus:
@@ -403,7 +412,8 @@ def node_standing(*, role: str | None = None) -> NodeStanding:
         # the join; the cluster's database says who leads.
         leader = (ClusterMember.objects.filter(role=MemberRole.LEADER, state__in=LIVE_MEMBER_STATES)
                   .values_list("address", flat=True).first())
-        return NodeStanding(role=NodeRole.FOLLOWER, leader_address=leader or "")
+        return NodeStanding(role=NodeRole.FOLLOWER, leader_address=leader or "",
+                            shared=bool(shared_database_address()))
     return NodeStanding(role=role)
 
 

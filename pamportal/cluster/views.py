@@ -32,12 +32,13 @@ from .requests import join_request_vote, leadership_request_vote, removal_reques
 def leader_only(view):
     """Bundles, requests, votes, removals and the policy live on the leader. Until the
     cluster is replicated a follower knows none of them: it sends the operator to the
-    cluster page, which says where to manage the cluster."""
+    cluster page, which says where to manage the cluster. On the replicated cluster's
+    shared database every member's console manages it (``NodeStanding.manages_cluster``)."""
 
     @wraps(view)
     def wrapper(request, *args, **kwargs):
         standing = selectors.node_standing()
-        if standing.is_follower:
+        if not standing.manages_cluster:
             messages.info(request, f"This node is a follower of {standing.leader_address or 'the cluster leader'}; "
                                    f"manage the cluster there.")
             return redirect("cluster:overview")
@@ -61,7 +62,7 @@ def overview(request):
     if removal is not None:
         return _removed_page(request, removal)
     standing = selectors.node_standing()
-    if standing.is_follower:
+    if not standing.manages_cluster:
         # A replica's console still says who leads the cluster's database (Patroni's view).
         database = standing.database
         return render(request, "cluster/overview.html", {

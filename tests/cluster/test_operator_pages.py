@@ -266,3 +266,39 @@ def test_a_standalone_node_keeps_its_next_steps(leader, login_client):
     dashboard = login_client(leader["admin"]).get(reverse("nodes:dashboard")).content.decode()
     assert 'id="next-steps"' in dashboard and "standalone server" in dashboard
     assert 'id="cluster-standing"' not in dashboard
+
+
+def test_a_follower_on_the_replicated_database_manages_the_cluster_whose_jobs_run_on_the_leader(
+        leader, login_client, data_dir, django_capture_on_commit_callbacks, monkeypatch):
+    """On the cluster's shared database a follower's console shows the cluster's bundles
+    and requests and takes the operator's actions; what they start runs on the leader."""
+    from pamportal.cluster.models import ClusterMember, MemberRole, MemberState
+    from pamportal.jobs import tasks
+    from pamportal.replication.database import DatabaseFile, DatabaseHost, write_database_file
+
+    here, leading = "127.0.0.156", "127.0.0.157"
+    Node.objects.filter(pk=Node.SINGLETON_PK).update(address=leading, role=NodeRole.LEADER)
+    Node.objects.create(address=here, role=NodeRole.FOLLOWER, ntp_servers=["ntp"], finalised_at=NOW)
+    ClusterMember.objects.update_or_create(address=leading, defaults={"role": MemberRole.LEADER,
+                                                                      "state": MemberState.ACTIVE})
+    ClusterMember.objects.create(address=here, role=MemberRole.FOLLOWER, state=MemberState.ACTIVE)
+    write_database_file(data_dir, DatabaseFile(hosts=(DatabaseHost(host=leading, port=5432),), member="m",
+                                               node_address=here))
+    sent: list[int] = []
+    monkeypatch.setattr(tasks.run_job, "delay", sent.append)
+    c = login_client(leader["admin"])
+
+    overview = c.get(reverse("cluster:overview")).content.decode()
+    assert f"follower of {leading}</strong> and holds the cluster's replicated data" in overview
+    assert "manage the cluster there" not in overview
+    assert reverse("cluster:bundles") in overview and reverse("cluster:requests") in overview
+    assert "<td>the leader</td>" in overview and "<td>this node</td>" not in overview  # the leader's row
+    for name in ("cluster:bundles", "cluster:requests"):
+        assert c.get(reverse(name)).status_code == 200
+
+    with django_capture_on_commit_callbacks(execute=True):
+        response = c.post(reverse("cluster:bundle_generate"), {"follower_address": "127.0.0.158"})
+    assert response.status_code == 302
+    bundle = JoiningBundle.objects.get(follower_address="127.0.0.158")
+    assert sent == [] and bundle.job.awaiting_leader  # made by the leader's worker, with the leader's address
+    assert f"waits for the leader ({leading}) to take it" in " ".join(bundle.job.output.values_list("text", flat=True))
