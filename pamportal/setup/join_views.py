@@ -24,10 +24,21 @@ from .forms import JoinForm
 BUNDLE_MAX_BYTES = 64 * 1024
 
 
+def _moving(join) -> bool:
+    """Joined a replicated cluster, and this page still read from the node's own
+    database (where alone its join is): the console is about to move onto the
+    cluster's, where the cluster's accounts replace this node's. The page keeps polling
+    until then; the poll whose session is gone sends it to the login page."""
+    from pamportal.cluster.removed import removal_current
+
+    return bool(join.state == JoinState.JOINED and join.cluster_replicated and removal_current() is None)
+
+
 def _context(join):
     job = join_job(join)
     context = {"join": join, "JoinState": JoinState, "restartable": join.state in follower.RESTARTABLE_STATES,
-               "key_fingerprint": csr_key_fingerprint(join.csr_pem) if join.csr_pem else ""}
+               "key_fingerprint": csr_key_fingerprint(join.csr_pem) if join.csr_pem else "",
+               "moving": _moving(join)}
     if job is not None:
         context.update(job=job, progress=job_progress(job))
     return context
@@ -73,8 +84,9 @@ def join_status(request):
     if join is None:
         return redirect("setup:join")
     partial = htmx_partial(request)
-    response = render(request, "setup/_join_status.html" if partial else "setup/join_status.html", _context(join))
-    if partial and join.state in (JoinState.JOINED, JoinState.FAILED):
+    context = _context(join)
+    response = render(request, "setup/_join_status.html" if partial else "setup/join_status.html", context)
+    if partial and join.state in (JoinState.JOINED, JoinState.FAILED) and not context["moving"]:
         return stop_polling(response)
     return response
 

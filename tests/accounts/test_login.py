@@ -184,3 +184,20 @@ def test_login_page_never_500s_on_junk(admin_user):
     for data in ({}, {"username": "x" * 500, "password": "p"}, {"username": "\x00", "password": "\x00"}, {"password": "p"}):
         response = client.post(LOGIN, data)
         assert response.status_code in (200, 403), data
+
+
+@pytest.mark.django_db
+def test_a_polled_part_of_a_page_whose_session_ended_sends_the_whole_page_to_the_login(client):
+    """htmx polls the join's status (or a job's progress): once the session is gone (it
+    expired, or the node moved onto the cluster's database and its own accounts with
+    it), the answer sends the page to the login page instead of the login form being
+    swapped into the polled part."""
+    polled = client.get("/setup/join/status/", HTTP_HX_REQUEST="true",
+                        HTTP_HX_CURRENT_URL="http://testserver/setup/join/status/?x=1")
+    assert polled.status_code == 200 and polled["HX-Redirect"] == "/account/login/?next=/setup/join/status/%3Fx%3D1"
+    assert b"<form" not in polled.content
+    # a whole page (and a boosted navigation) is redirected as before
+    page = client.get("/setup/join/status/")
+    assert page.status_code == 302 and page["Location"] == "/account/login/?next=/setup/join/status/"
+    boosted = client.get("/setup/join/status/", HTTP_HX_REQUEST="true", HTTP_HX_BOOSTED="true")
+    assert boosted.status_code == 302 and "HX-Redirect" not in boosted

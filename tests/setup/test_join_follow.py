@@ -115,3 +115,22 @@ def test_a_denied_request_fails_the_join(requested, monkeypatch):
         follower.join_follow(_ctx(requested.job))
     requested.refresh_from_db()
     assert requested.state == JoinState.FAILED
+
+
+@pytest.mark.parametrize("replicated", [True, False])
+def test_a_joined_replica_keeps_polling_until_its_console_moves(requested, make_user, login_client, replicated):
+    """Joined a replicated cluster: the page says the console moves onto the cluster's
+    database and keeps polling (its next poll, anonymous there, goes to the login page);
+    joined a cluster on SQLite: done, polling stops."""
+    from pamportal.accounts.roles import Role
+
+    FollowerJoin.objects.filter(pk=requested.pk).update(state=JoinState.JOINED, cluster_replicated=replicated)
+    client = login_client(make_user("follower-admin", Role.ADMINISTRATOR))
+    polled = client.get("/setup/join/status/", HTTP_HX_REQUEST="true")
+    page = polled.content.decode()
+    if replicated:
+        assert polled.status_code == 200 and 'hx-trigger="every 2s"' in page and 'id="join-moving"' in page
+        assert "log in again, with an account of the cluster" in page
+    else:
+        assert polled.status_code == 286 and 'hx-trigger' not in page and 'id="join-moving"' not in page
+        assert "This node is a voting member of the cluster." in page
