@@ -113,6 +113,7 @@ INSTALLED_APPS = [
     "pamportal.preflight",
     "pamportal.cluster",
     "pamportal.replication",
+    "pamportal.backups",
 ]
 
 MIDDLEWARE = [

@@ -128,6 +128,11 @@ class AuditAction(models.TextChoices):
     CLUSTER_LEADERSHIP_FAILED = "cluster.leadership_failed", "Change of cluster leader failed"
     CLUSTER_FAILOVER_MODE_CHANGED = "cluster.failover_mode_changed", "Automatic failover switched on or off"
     CLUSTER_FAILOVER_MODE_REFUSED = "cluster.failover_mode_refused", "Change of the failover mode refused"
+    # Backups
+    BACKUP_CREATED = "backup.created", "Backup written and proven"
+    BACKUP_FAILED = "backup.failed", "Backup failed or its proof failed"
+    BACKUP_RESTORED = "backup.restored", "Backup restored onto this node"
+    BACKUP_PRUNED = "backup.pruned", "Backup archive removed by retention"
 
 
 # What the PDF report lists under "Approvals and votes": requests that need approval,
