@@ -182,11 +182,12 @@ def _client_tls(spec: MemberSpec, username: str) -> dict[str, Any]:
 def post_bootstrap_command(spec: MemberSpec) -> str:
     """Run once by Patroni on the first member after initdb, with the superuser's
     connection string appended: the application's role (no password: it logs in with
-    the node certificate) and its database. Patroni 4 no longer creates users."""
+    the node certificate) and its database. Patroni 4 no longer creates users. The role
+    may create databases: a backup's proof restores into a scratch database it drops."""
     psql = spec.bin_dir / "psql"
     return (
         f"{psql} -X -q -v ON_ERROR_STOP=1"
-        f" -c 'CREATE ROLE {APP_USER} LOGIN'"
+        f" -c 'CREATE ROLE {APP_USER} LOGIN CREATEDB'"
         f" -c 'CREATE DATABASE {APP_DATABASE} OWNER {APP_USER}'"
     )
 

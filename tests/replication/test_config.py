@@ -113,7 +113,8 @@ def test_render_is_yaml_patroni_reads():
 def test_post_bootstrap_creates_the_application_role_without_password():
     command = config.post_bootstrap_command(spec())
     assert command.startswith("/usr/lib/postgresql/15/bin/psql ")
-    assert "CREATE ROLE pamportal LOGIN'" in command and "PASSWORD" not in command
+    assert "CREATE ROLE pamportal LOGIN CREATEDB'" in command and "PASSWORD" not in command
+    assert "SUPERUSER" not in command
     assert "CREATE DATABASE pamportal OWNER pamportal" in command
 
 
