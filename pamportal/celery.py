@@ -58,3 +58,16 @@ def _schedule_periodic(sender, **kwargs):
         sender.signature("pamportal.cluster.tasks.leader_follow", expires=settings.PAM_LEADER_FOLLOW_SECONDS),
         name="cluster leader follows Patroni",
     )
+    # Backups: the leader takes one every PAM_BACKUP_INTERVAL_SECONDS (0: none). The task
+    # asks every few minutes whether one is due (the last one's start is in the database),
+    # so a restarted beat or a new leader neither skips a backup nor takes an extra one.
+    if settings.PAM_BACKUP_INTERVAL_SECONDS > 0:
+        every = float(min(settings.PAM_BACKUP_INTERVAL_SECONDS, BACKUP_CHECK_SECONDS))
+        sender.add_periodic_task(
+            every, sender.signature("pamportal.backups.tasks.scheduled_backup", expires=every),
+            name="scheduled backup",
+        )
+
+
+# How often the beat asks whether a scheduled backup is due.
+BACKUP_CHECK_SECONDS = 300

@@ -313,6 +313,8 @@ PAM_JOB_LEASE_SECONDS = _env_float("PAM_JOB_LEASE_SECONDS", 60.0)
 PAM_JOB_REAPER_INTERVAL = _env_float("PAM_JOB_REAPER_INTERVAL", 30.0)
 # How often each node's worker records Patroni's leader as the cluster's (cluster.leader_follow).
 PAM_LEADER_FOLLOW_SECONDS = _env_float("PAM_LEADER_FOLLOW_SECONDS", 5.0)
+# How often the cluster's leader takes a backup on its own (seconds; 0: never).
+PAM_BACKUP_INTERVAL_SECONDS = _env_int("PAM_BACKUP_INTERVAL_SECONDS", 86400)
 # Extra modules that register job kinds (the test suite adds its own diagnostic job).
 PAM_JOB_PLUGINS = [m for m in os.environ.get("PAM_JOB_PLUGINS", "").split(",") if m]
 

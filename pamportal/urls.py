@@ -13,6 +13,7 @@ urlpatterns = [
     path("licence/", include("pamportal.licensing.urls")),
     path("preflight/", include("pamportal.preflight.urls")),
     path("cluster/", include("pamportal.cluster.urls")),
+    path("backups/", include("pamportal.backups.urls")),
     path("healthz", core_views.healthz, name="healthz"),
     # The cluster APIs; each is answered only on its own port (see pamportal.wsgi).
     path("", include("pamportal.cluster.api_urls")),

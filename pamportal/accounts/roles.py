@@ -47,6 +47,11 @@ CAPABILITIES: dict[str, frozenset[Role]] = {
     "joins.vote": frozenset({Role.APPROVER}),
     "cluster.policy": _ADMIN,
     "cluster.remove": _RUNNERS,
+    # Backups: operators see the page and may start one; only administrators take an
+    # archive off the node.
+    "backups.view": _RUNNERS,
+    "backups.run": _RUNNERS,
+    "backups.download": _ADMIN,
 }
 
 

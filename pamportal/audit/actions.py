@@ -133,6 +133,8 @@ class AuditAction(models.TextChoices):
     BACKUP_FAILED = "backup.failed", "Backup failed or its proof failed"
     BACKUP_RESTORED = "backup.restored", "Backup restored onto this node"
     BACKUP_PRUNED = "backup.pruned", "Backup archive removed by retention"
+    BACKUP_DOWNLOADED = "backup.downloaded", "Backup archive downloaded"
+    BACKUP_REFUSED = "backup.refused", "Backup start or download refused"
 
 
 # What the PDF report lists under "Approvals and votes": requests that need approval,

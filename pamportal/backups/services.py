@@ -13,10 +13,11 @@ import os
 import re
 import shutil
 import time
-from datetime import datetime
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from datetime import timezone as dt_timezone
 from pathlib import Path
-from typing import Callable
+from typing import BinaryIO, Callable
 
 from django.conf import settings
 from django.db import connection, transaction
@@ -25,12 +26,18 @@ from django.views.decorators.debug import sensitive_variables
 
 from pamportal.audit import chain
 from pamportal.audit.actions import AuditAction, Outcome
+from pamportal.audit.refusals import Refused, audited_refusals
 from pamportal.audit.services import audit_record
 from pamportal.audit.signing import signing_key_load
+from pamportal.cluster.leader_follow import this_node_leads
+from pamportal.core.config import setting
 from pamportal.core.files import private_file
 from pamportal.crypto.ca import cluster_id_of
+from pamportal.jobs.choices import ACTIVE
+from pamportal.jobs.models import Job
+from pamportal.jobs.services import job_create
 from pamportal.nodes import keystore
-from pamportal.nodes.selectors import node_address
+from pamportal.nodes.selectors import node_address, node_is_finalised
 
 from . import conf, database
 from .archive import MANIFEST_FORMAT, VERSION, manifest_message
@@ -345,3 +352,139 @@ def _backup_prune_one(backup: Backup, *, newest: Backup) -> Backup:
     # The file goes once the row says so: a failed commit leaves the archive, not a row without one.
     transaction.on_commit(lambda: path.unlink(missing_ok=True))
     return backup
+
+
+# --- the console: starting a backup, downloading an archive, the daily schedule ----------
+class BackupActionRefused(Refused):
+    """A backup start or an archive download that is refused; ``message`` is for the
+    operator, the refusal is recorded as ``backup.refused``."""
+
+    def __init__(self, message: str, *, target: str, reason: str, **details):
+        super().__init__(message, action=AuditAction.BACKUP_REFUSED, target=target, reason=reason, details=details)
+
+
+def backup_job_active() -> Job | None:
+    """The backup job queued or running in the cluster, if there is one."""
+    from .jobs import KIND
+
+    return Job.objects.filter(kind=KIND, status__in=ACTIVE).order_by("-created_at", "-id").first()
+
+
+@audited_refusals
+def backup_start(*, user, title: str | None = None) -> Job:
+    """Queue a backup job (audited as the job's start); refused while one is queued or
+    running, or before setup is finalised (there is no MEK to encrypt with)."""
+    from .jobs import KIND
+
+    if not node_is_finalised():
+        raise BackupActionRefused("This node's setup is not finalised: finish it before taking a backup.",
+                                  target="backup:start", reason="node not finalised")
+    running = backup_job_active()
+    if running is not None:
+        raise BackupActionRefused(f"A backup is already under way (job #{running.pk}); wait for it to finish.",
+                                  target="backup:start", reason="a backup is already under way", job=running.pk)
+    return job_create(kind=KIND, created_by=user, title=title)
+
+
+@dataclass(frozen=True)
+class ArchiveDownload:
+    """An archive handed to a download: its open file, name and size."""
+
+    handle: BinaryIO
+    name: str
+    size: int
+
+
+@audited_refusals
+def backup_download(*, user, backup_id: int) -> ArchiveDownload:
+    """The archive of a proven backup, opened for download and audited
+    (``backup.downloaded``); a backup that is not proven, whose archive retention removed,
+    that another node wrote, or whose file is gone or changed in size is refused, audited
+    as ``backup.refused``. The caller closes the handle (a ``FileResponse`` does)."""
+    backup = Backup.objects.select_for_update().filter(pk=backup_id).first()
+    if backup is None:
+        raise BackupActionRefused("There is no such backup.", target=archive_target(str(backup_id)),
+                                  reason="no such backup")
+    target = backup_target(backup)
+    if backup.state != BackupState.PROVEN or not backup.archive_name:
+        raise BackupActionRefused(
+            f"Backup {backup.archive_name or backup.pk} is {backup.get_state_display().lower()}, not proven: "
+            "only a backup whose restore proof passed can be downloaded.",
+            target=target, reason=f"backup {backup.state}")
+    if backup.pruned_at is not None:
+        raise BackupActionRefused(f"{backup.archive_name} was removed by retention; it can no longer be downloaded.",
+                                  target=target, reason="archive pruned")
+    if backup.node_address and backup.node_address != node_address():
+        raise BackupActionRefused(
+            f"{backup.archive_name} was written on {backup.node_address}; download it from that node's console.",
+            target=target, reason="archive on another node", node=backup.node_address)
+    path = archive_path(backup)
+    try:
+        handle = open(path, "rb")  # noqa: SIM115 -- handed to the response, which closes it
+    except OSError as error:
+        raise BackupActionRefused(f"The archive {backup.archive_name} is no longer in {path.parent}.",
+                                  target=target, reason="archive file missing", error=type(error).__name__) from None
+    try:
+        size = os.fstat(handle.fileno()).st_size
+        if size != backup.size:
+            raise BackupActionRefused(
+                f"The archive {backup.archive_name} is {size} bytes, not the {backup.size} that were written and "
+                "proven: it was changed on disk and is not handed out.",
+                target=target, reason="archive size differs", size=size, recorded_size=backup.size)
+        audit_record(action=AuditAction.BACKUP_DOWNLOADED, target=target,
+                     details={"archive": backup.archive_name, "size": backup.size, "sha256": backup.sha256})
+    except BaseException:
+        handle.close()
+        raise
+    return ArchiveDownload(handle=handle, name=backup.archive_name, size=size)
+
+
+def backup_interval() -> int:
+    """Seconds between scheduled backups (``PAM_BACKUP_INTERVAL_SECONDS``; 0: none)."""
+    return max(0, setting("PAM_BACKUP_INTERVAL_SECONDS", 86400, int))
+
+
+def backup_schedule_blocker(*, now: datetime | None = None) -> str:
+    """Why the schedule starts no backup now; "" when one is due. A backup is due on a
+    finalised node that leads its cluster (or stands alone), with no backup under way
+    and none started (by the schedule, a person or ``manage.py backup``) within the
+    interval: what counts is the record in the database, so a restarted beat or a new
+    leader neither skips a backup nor takes an extra one."""
+    from .jobs import KIND
+
+    now = now or timezone.now()
+    interval = backup_interval()
+    if interval <= 0:
+        return "scheduled backups are off (PAM_BACKUP_INTERVAL_SECONDS=0)"
+    if not node_is_finalised():
+        return "this node's setup is not finalised"
+    if not this_node_leads():
+        return "this node does not lead the cluster: the leader takes the backups"
+    running = backup_job_active()
+    if running is not None:
+        return f"a backup is already under way (job #{running.pk})"
+    since = now - timedelta(seconds=interval)
+    last_job = Job.objects.filter(kind=KIND, created_at__gt=since).order_by("-created_at").first()
+    last_backup = Backup.objects.filter(started_at__gt=since).order_by("-started_at").first()
+    started = max([t for t in (last_job and last_job.created_at, last_backup and last_backup.started_at) if t],
+                  default=None)
+    if started is not None:
+        return f"the last backup started at {_utc(started)}; the next is due at {_utc(started + timedelta(seconds=interval))}"
+    return ""
+
+
+SCHEDULED_TITLE = "Scheduled backup and restore proof"
+
+
+def backup_scheduled_start(*, now: datetime | None = None) -> Job | None:
+    """Start the scheduled backup job when one is due (see ``backup_schedule_blocker``);
+    the caller acts as the system. Returns the job, or None when none was due."""
+    blocker = backup_schedule_blocker(now=now)
+    if blocker:
+        logger.debug("no scheduled backup: %s", blocker)
+        return None
+    try:
+        return backup_start(user=None, title=SCHEDULED_TITLE)
+    except BackupActionRefused as refused:  # a start that raced this check: recorded, nothing to do
+        logger.info("no scheduled backup: %s", refused.message)
+        return None

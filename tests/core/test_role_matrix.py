@@ -171,6 +171,13 @@ MATRIX: dict[tuple[str, str], dict[str, int]] = {
     ("licensing:detail", "POST"): everyone(405),
     ("licensing:upload", "GET"): only({ADMIN}, 200),
     ("licensing:upload", "POST"): only({ADMIN}, 400),  # empty POST: "Choose the licence file to upload."
+    # Backups: operators see the page and start one (refused with a message here: the
+    # node is not finalised); only administrators download (a backup that does not exist: 404).
+    ("backups:list", "GET"): only(RUNNERS, 200),
+    ("backups:start", "POST"): only(RUNNERS, 302),
+    ("backups:start", "GET"): only(RUNNERS, 405),
+    ("backups:download", "POST"): only({ADMIN}, 404),
+    ("backups:download", "GET"): only({ADMIN}, 405),
 }
 
 
@@ -286,6 +293,8 @@ def _kwargs(name: str, world) -> dict:
         return {"pk": world["preflight_run"].pk}
     if name == "preflight:accept":
         return {"pk": world["warning"].pk}
+    if name == "backups:download":
+        return {"pk": 999999}
     if name == "jobs:rerun":
         return {"pk": world["failed_job"].pk}
     if name in ("jobs:detail", "jobs:progress", "jobs:cancel"):
