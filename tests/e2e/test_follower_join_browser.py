@@ -36,13 +36,14 @@ for name, role in [{made}]:
 """)
 
 
-def log_in(page: Page, base: str, username: str, key_hex: str) -> int:
-    """Log in with the current step's code; returns that step, which the user's next
-    code must come after (django-otp accepts a step once, and none before it)."""
+def log_in(page: Page, base: str, username: str, key_hex: str, after: int = -1) -> int:
+    """Log in with the current step's code (one after ``after``, the last step the user
+    typed, waiting for it if need be); returns that step, which the user's next code
+    must come after (django-otp accepts a step once, and none before it)."""
     page.goto(base + "/account/login/")
     page.locator("input[name=username]").fill(username)
     page.locator("input[name=password]").fill(PASSWORD)
-    code, step = fresh_code(bytes.fromhex(key_hex))
+    code, step = fresh_code(bytes.fromhex(key_hex), after)
     page.locator("input[name=otp_token]").fill(code)
     page.get_by_role("button", name="Log in").click()
     expect(page).not_to_have_url(re.compile(r"/account/login/"))

@@ -208,10 +208,10 @@ result = [{"name": m.name, "role": m.role, "state": m.state, "lag": m.lag} for m
 """)
 
 
-def leader_move(lab: Lab) -> None:
+def leader_move(lab: Lab, address: str = LEADER) -> None:
     """The leader from SQLite onto its Patroni member, as an operator does it: serve
     stopped, its etcd member on its own, ``database_to_patroni``, then serve again."""
-    leader = lab.nodes[LEADER]
+    leader = lab.nodes[address]
     for proc in list(leader.processes):
         leader.kill(proc, signal.SIGTERM)
         leader.processes.remove(proc)
@@ -225,7 +225,7 @@ def leader_move(lab: Lab) -> None:
     assert moved.returncode == 0, moved.stdout + moved.stderr
     leader.kill(etcd, signal.SIGTERM)
     leader.processes.remove(etcd)
-    start_node(leader, host=LEADER, port=8443)
+    start_node(leader, host=address, port=8443)
     wait_for(lambda: run(leader, "from django.db import connection\nconnection.ensure_connection()\n"
                                  "result = connection.vendor") == "postgresql", timeout=90, interval=1,
              what="the leader's Django on its PostgreSQL member")
@@ -493,6 +493,16 @@ def current_leader(lab: Lab) -> str:
 from pamportal.cluster.models import ClusterMember
 result = ClusterMember.objects.filter(role="leader", state="active").values_list("address", flat=True).first()
 """)
+
+
+def test_a_backup_of_the_replicated_cluster_proves_it_restores(lab):
+    """``manage.py backup`` on a follower: ``pg_dump`` reaches the primary (libpq's
+    read-write host), and the proof restores it into a scratch database on it."""
+    started = time.monotonic()
+    done = lab.nodes[FOLLOWER].manage("backup", check=False, timeout=300)
+    FIGURES["backup + proof of the cluster's database s"] = time.monotonic() - started
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "proof: passed" in done.stdout and "head matches the manifest" in done.stdout, done.stdout
 
 
 def test_a_third_node_joins_the_new_leader(lab):
