@@ -17,6 +17,8 @@ from pamportal.backups import archive
 from pamportal.backups.archive import MAGIC, TAG_BYTES, ArchiveError, ArchiveReader, ArchiveWriter, manifest_message
 from pamportal.backups.contents import archive_extract, archive_write
 from pamportal.crypto import ed25519
+from tests.backups.helpers import flip as _flip
+from tests.backups.helpers import layout as _layout
 
 MEK = bytes(range(32))
 OTHER_MEK = bytes(range(1, 33))
@@ -37,22 +39,6 @@ def _decrypt(data: bytes, *, mek: bytes = MEK) -> bytes:
     plaintext = reader.read()
     reader.finish()
     return plaintext
-
-
-def _layout(data: bytes) -> tuple[int, list[tuple[int, int]]]:
-    """(end of the header, [(offset, length) of each chunk's ciphertext])."""
-    (length,) = struct.unpack(">I", data[8:12])
-    position = 12 + length + 32
-    header_end, chunks = position, []
-    while position < len(data):
-        (size,) = struct.unpack(">I", data[position : position + 4])
-        chunks.append((position + 4, size))
-        position += 4 + size
-    return header_end, chunks
-
-
-def _flip(data: bytes, offset: int) -> bytes:
-    return data[:offset] + bytes([data[offset] ^ 0x01]) + data[offset + 1 :]
 
 
 def _refused(data: bytes, code: str, *, mek: bytes = MEK) -> ArchiveError:

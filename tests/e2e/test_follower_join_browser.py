@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import time
+from pathlib import Path
 
 import pytest
 from playwright.sync_api import Browser, BrowserContext, Page, expect
@@ -58,6 +59,28 @@ def new_page(browser: Browser, contexts: list[BrowserContext]) -> Page:
     return page
 
 
+def bundle_made_and_downloaded(page: Page, base: str, address: str, folder: Path) -> Path:
+    """The operator asks for a bundle for ``address`` on the bundles page, waits for its
+    job (the page reloaded until the bundle can be downloaded) and downloads it."""
+    page.goto(base + "/cluster/bundles/")
+    page.locator("input[name=follower_address]").fill(address)
+    page.get_by_role("button", name="Generate a bundle").click()
+    # the answer to the form first (a reload while it loads is no reload)
+    expect(page.locator("body")).to_contain_text(f"A bundle for {address} is being made")
+    download_button = page.locator("tbody tr", has_text=address).get_by_role("button", name="Download")
+
+    def bundle_ready():
+        page.reload()  # the bundle is made by a job on the leader's worker
+        return download_button.count() == 1
+
+    wait_for(bundle_ready, timeout=60, interval=1, what=f"the bundle job for {address}")
+    with page.expect_download() as download_info:
+        download_button.click()
+    path = folder / download_info.value.suggested_filename
+    download_info.value.save_as(path)
+    return path
+
+
 def stopped_node(nodes: dict) -> str:
     """Why a node is no longer running, if one is not (``serve`` stops the whole node
     when one of its processes dies): the tail of its log."""
@@ -85,24 +108,9 @@ def test_a_follower_joins_in_the_browser(browser: Browser, tmp_path):
             # The leader: the operator generates the bundle for the follower and downloads it.
             operator = new_page(browser, contexts)
             log_in(operator, leader_base, "operator", keys["operator"])
-            operator.goto(leader_base + "/cluster/bundles/")
-            operator.locator("input[name=follower_address]").fill(FOLLOWER)
-            operator.get_by_role("button", name="Generate a bundle").click()
-            expect(operator.locator("body")).to_contain_text(f"A bundle for {FOLLOWER} is being made")
-            row = operator.locator("tbody tr", has_text=FOLLOWER)
-            download_button = row.get_by_role("button", name="Download")
-
-            def bundle_ready():
-                operator.reload()  # the bundle is made by a job on the leader's worker
-                return download_button.count() == 1
-
-            wait_for(bundle_ready, timeout=60, interval=1, what="the bundle job")
-            with operator.expect_download() as download_info:
-                download_button.click()
-            download = download_info.value
-            bundle_path = tmp_path / download.suggested_filename
-            download.save_as(bundle_path)
+            bundle_path = bundle_made_and_downloaded(operator, leader_base, FOLLOWER, tmp_path)
             assert bundle_path.stat().st_size > 0
+            row = operator.locator("tbody tr", has_text=FOLLOWER)
             operator.reload()
             expect(row.locator("td").nth(5)).to_have_text("1")  # downloaded once
 

@@ -16,7 +16,13 @@ import time
 import pytest
 from playwright.sync_api import Browser, BrowserContext, expect
 
-from tests.e2e.test_follower_join_browser import log_in, new_page, stopped_node, totp_keys
+from tests.e2e.test_follower_join_browser import (
+    bundle_made_and_downloaded,
+    log_in,
+    new_page,
+    stopped_node,
+    totp_keys,
+)
 from tests.preflight.support import SntpResponder
 from tests.replication.support import missing_tools
 from tests.replication.test_replica_join import Lab, leader_move, patroni_cluster
@@ -57,23 +63,7 @@ def test_a_follower_joins_a_replicated_cluster_in_the_browser(browser: Browser, 
             operator_step = log_in(operator, leader_base, "operator", keys["operator"])
             operator.goto(leader_base + "/cluster/")
             expect(operator.locator("#database-standing")).to_contain_text("PostgreSQL under Patroni")
-            operator.goto(leader_base + "/cluster/bundles/")
-            operator.locator("input[name=follower_address]").fill(FOLLOWER)
-            operator.get_by_role("button", name="Generate a bundle").click()
-            # the answer to the form first (a reload while it loads is no reload)
-            expect(operator.locator("body")).to_contain_text(f"A bundle for {FOLLOWER} is being made")
-            row = operator.locator("tbody tr", has_text=FOLLOWER)
-            download_button = row.get_by_role("button", name="Download")
-
-            def bundle_ready():
-                operator.reload()
-                return download_button.count() == 1
-
-            wait_for(bundle_ready, timeout=60, interval=1, what="the bundle job")
-            with operator.expect_download() as download_info:
-                download_button.click()
-            bundle_path = tmp_path / download_info.value.suggested_filename
-            download_info.value.save_as(bundle_path)
+            bundle_path = bundle_made_and_downloaded(operator, leader_base, FOLLOWER, tmp_path)
 
             # The follower: told before it asks that its accounts are replaced by the cluster's.
             admin = new_page(browser, contexts)
@@ -155,23 +145,9 @@ def test_a_follower_joins_a_replicated_cluster_in_the_browser(browser: Browser, 
             third = "127.0.0.163"
             requester = new_page(browser, contexts)
             log_in(requester, follower_base, "operator", keys["operator"], operator_step)
-            requester.goto(follower_base + "/cluster/bundles/")
-            requester.locator("input[name=follower_address]").fill(third)
-            requester.get_by_role("button", name="Generate a bundle").click()
-            expect(requester.locator("body")).to_contain_text(f"A bundle for {third} is being made")
             asked = time.monotonic()
-            third_row = requester.locator("tbody tr", has_text=third)
-
-            def third_bundle_ready():
-                requester.reload()
-                return third_row.get_by_role("button", name="Download").count() == 1
-
-            wait_for(third_bundle_ready, timeout=60, interval=1, what="the bundle job, on the leader")
-            figures["bundle asked on the follower to ready s"] = time.monotonic() - asked
-            with requester.expect_download() as third_download:
-                third_row.get_by_role("button", name="Download").click()
-            third_path = tmp_path / third_download.value.suggested_filename
-            third_download.value.save_as(third_path)
+            third_path = bundle_made_and_downloaded(requester, follower_base, third, tmp_path)
+            figures["bundle asked on the follower to downloaded s"] = time.monotonic() - asked
             opened = run(leader, f"""
 from django.utils import timezone
 from pathlib import Path
