@@ -144,15 +144,18 @@ class MemberSpec:
 def pg_hba(spec: MemberSpec) -> list[str]:
     """Who may connect, first match wins: the superuser through the private socket as
     its own OS user; over the network only TLS with a cluster-CA certificate (``cert``
-    checks the chain and maps the CN through :data:`CERT_MAP`), each role to the one
-    database it needs; everything else refused by name, so the refusal says so."""
+    checks the chain and maps the CN through :data:`CERT_MAP`), each role to the
+    databases it needs; everything else refused by name, so the refusal says so. The
+    application's role also reaches the scratch database a backup's proof creates and
+    drops (``pamportal_scratch_<random>``; PostgreSQL 15's pg_hba has no patterns, so
+    any database: it has rights in its own and in what it creates alone)."""
     su = spec.superuser
     return [
         f"local   all          {su}   peer",
         f"local   replication  {su}   peer",
         f"hostssl replication  {REPLICATION_USER}  all  cert  map={CERT_MAP}",
         f"hostssl postgres     {REWIND_USER}       all  cert  map={CERT_MAP}",
-        f"hostssl {APP_DATABASE}    {APP_USER}    all  cert  map={CERT_MAP}",
+        f"hostssl all          {APP_USER}    all  cert  map={CERT_MAP}",
         "host    all          all         all  reject",
         "local   all          all              reject",
     ]
