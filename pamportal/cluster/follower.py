@@ -610,6 +610,8 @@ def _switch(ctx, join: FollowerJoin) -> dict:
                                   "pre_join_head": join.replica.get("pre_join_head"),
                                   "export": join.replica.get("export_path")})
     # After the record commits (a step run again writes it again: the record says switched).
+    # Its configuration as serve runs it (the join ran it as never the synchronous standby).
+    replication_join.member_config_for_serve()
     if _totp_key_adopt(join):
         ctx.log("the cluster's TOTP key installed: second factors enrolled on any node work on this one "
                 "(this node's own key is kept for its own database)")

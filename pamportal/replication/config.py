@@ -114,6 +114,10 @@ class MemberSpec:
     superuser: str = "postgres"
     bin_dir: Path = POSTGRES_BIN_DIR
     timing: FailoverTiming = field(default_factory=FailoverTiming)
+    # Never the synchronous standby (Patroni's ``nosync`` tag): a joining node's member
+    # while the join makes it a replica, which the join stops again before ``serve``
+    # runs it (without the tag), so that stopping it never holds the primary's commits.
+    nosync: bool = False
 
     def __post_init__(self):
         if not _NAME.match(self.name):
@@ -294,7 +298,7 @@ def patroni_config(spec: MemberSpec) -> dict[str, Any]:
         },
         # No hardware watchdog on these machines; Patroni would warn on every loop.
         "watchdog": {"mode": "off"},
-        "tags": {"nofailover": False, "noloadbalance": False, "clonefrom": False, "nosync": False},
+        "tags": {"nofailover": False, "noloadbalance": False, "clonefrom": False, "nosync": spec.nosync},
     }
 
 

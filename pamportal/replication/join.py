@@ -133,7 +133,8 @@ def replica_bootstrap(*, leader: str, log: Callable[[str], None], timeout: float
     timeout = bootstrap_seconds() if timeout is None else timeout
     started = time.monotonic()
     try:
-        member = local.node_member(base=base)
+        # never the synchronous standby while the join runs it: it is stopped again below
+        member = local.node_member(base=base, nosync=True)
     except LookupError as exc:
         raise ReplicaFailed(str(exc)) from None
     paths = member.paths
@@ -253,6 +254,12 @@ def pre_join_audit_seal(*, action: str, target: str, details: dict) -> dict:
 
 
 # --- 3. the switch --------------------------------------------------------------------------------
+def member_config_for_serve(*, base: Path | None = None) -> Path:
+    """The member's configuration as ``serve`` runs it (written again without the join's
+    ``nosync`` tag): before ``database.json``, which makes ``serve`` start it."""
+    return local.node_member_prepare(local.node_member(base=base))
+
+
 def database_switch(*, hosts: list[dict], member: str, node_address: str) -> database.DatabaseFile:
     """Write ``database.json``: the cluster's hosts as the leader listed them (leader
     first), then this node's own member; ``node_address`` names this node's row in the

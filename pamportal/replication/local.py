@@ -54,10 +54,11 @@ def cluster_id() -> str:
     return cluster_id_of(certificate_info(node_tls_files().ca_file.read_bytes()).sha256)
 
 
-def node_member(*, base: Path | None = None, run_as: process.RunAs | None = None) -> NodeMember:
+def node_member(*, base: Path | None = None, run_as: process.RunAs | None = None, nosync: bool = False) -> NodeMember:
     """The node's member from its settings: address and name of its etcd member, the
     cluster CA's id, the node's TLS files, ``PAM_POSTGRES_PORT``/``PAM_PATRONI_PORT``,
-    ``PAM_POSTGRES_BASE``. Raises LookupError when the node has no etcd member."""
+    ``PAM_POSTGRES_BASE``. Raises LookupError when the node has no etcd member.
+    ``nosync``: never the synchronous standby (the join's own run, ``MemberSpec.nosync``)."""
     from pamportal.cluster.local_etcd import local_member_config
 
     etcd = local_member_config()
@@ -71,7 +72,7 @@ def node_member(*, base: Path | None = None, run_as: process.RunAs | None = None
         cluster_id=cluster_id(), name=etcd.name, address=etcd.address, etcd_hosts=(etcd_host,),
         tls=paths.tls, data_dir=paths.data_dir, socket_dir=paths.socket_dir, pgpass=paths.pgpass,
         postgres_port=settings.PAM_POSTGRES_PORT, patroni_port=settings.PAM_PATRONI_PORT,
-        superuser=run_as.user,
+        superuser=run_as.user, nosync=nosync,
     )
     return NodeMember(spec=spec, paths=paths, run_as=run_as, node_tls=tls)
 

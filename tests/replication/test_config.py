@@ -140,3 +140,10 @@ def test_timing_rules():
         FailoverTiming(ttl=10)
     with pytest.raises(ValueError, match="demote before its key expires"):
         FailoverTiming(ttl=20, loop_wait=5, retry_timeout=8)
+
+
+def test_a_joining_member_is_never_the_synchronous_standby_until_serve_runs_it():
+    """The join runs the member only to make it a replica, then stops it: tagged nosync,
+    stopping it never holds the primary's commits; serve's configuration has no such tag."""
+    assert config.patroni_config(spec(nosync=True))["tags"]["nosync"] is True
+    assert config.patroni_config(spec())["tags"]["nosync"] is False
