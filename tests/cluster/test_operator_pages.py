@@ -278,7 +278,7 @@ def test_a_follower_on_the_replicated_database_manages_the_cluster_whose_jobs_ru
 
     here, leading = "127.0.0.156", "127.0.0.157"
     Node.objects.filter(pk=Node.SINGLETON_PK).update(address=leading, role=NodeRole.LEADER)
-    Node.objects.create(address=here, role=NodeRole.FOLLOWER, ntp_servers=["ntp"], finalised_at=NOW)
+    Node.objects.create(pk=2, address=here, role=NodeRole.FOLLOWER, ntp_servers=["ntp"], finalised_at=NOW)
     ClusterMember.objects.update_or_create(address=leading, defaults={"role": MemberRole.LEADER,
                                                                       "state": MemberState.ACTIVE})
     ClusterMember.objects.create(address=here, role=MemberRole.FOLLOWER, state=MemberState.ACTIVE)
