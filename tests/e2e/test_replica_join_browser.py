@@ -122,9 +122,8 @@ def test_a_follower_joins_a_replicated_cluster_in_the_browser(browser: Browser, 
             figures["approved to console on the cluster's database s"] = time.monotonic() - approved
             moved = time.monotonic()
 
-            # The join's own Patroni stopped before the switch; serve starts the member again.
-            # Until it streams again the primary's synchronous commits wait for it: the
-            # writes below (logins, votes) come once it is the synchronous standby again.
+            # The join's own Patroni (never the synchronous standby: nosync) stopped before the
+            # switch; serve starts the member again, which becomes the synchronous standby.
             def synchronous_again():
                 if "starting patroni" not in follower.log("serve"):
                     return False
@@ -134,7 +133,7 @@ def test_a_follower_joins_a_replicated_cluster_in_the_browser(browser: Browser, 
 
             wait_for(synchronous_again, timeout=180, interval=1, what="the follower's member, under serve, "
                                                                       "streaming as the synchronous standby")
-            figures["console moved to the member synchronous again s"] = time.monotonic() - moved
+            figures["console moved to the member the synchronous standby s"] = time.monotonic() - moved
 
             # An approver enrolled on the leader logs on at the follower with a 6-digit code,
             # and sees the cluster as the leader does.
