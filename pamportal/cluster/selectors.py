@@ -402,7 +402,8 @@ def node_standing(*, role: str | None = None) -> NodeStanding:
     role = role if role is not None else node_current().role
     # On the cluster's shared database this node's join (if it ever joined) is in its
     # database from before: its row's role and the recorded leader say it all.
-    join = None if shared_database_address() else (
+    shared = bool(shared_database_address())
+    join = None if shared else (
         FollowerJoin.objects.filter(state__in=(JoinState.JOINING, JoinState.JOINED))
         .order_by("-pk").only("leader_address").first())
     if join is not None:
@@ -412,8 +413,7 @@ def node_standing(*, role: str | None = None) -> NodeStanding:
         # the join; the cluster's database says who leads.
         leader = (ClusterMember.objects.filter(role=MemberRole.LEADER, state__in=LIVE_MEMBER_STATES)
                   .values_list("address", flat=True).first())
-        return NodeStanding(role=NodeRole.FOLLOWER, leader_address=leader or "",
-                            shared=bool(shared_database_address()))
+        return NodeStanding(role=NodeRole.FOLLOWER, leader_address=leader or "", shared=shared)
     return NodeStanding(role=role)
 
 

@@ -24,21 +24,21 @@ from .forms import JoinForm
 BUNDLE_MAX_BYTES = 64 * 1024
 
 
-def _moving(join) -> bool:
+def _moving(join, request) -> bool:
     """Joined a replicated cluster, and this page still read from the node's own
     database (where alone its join is): the console is about to move onto the
     cluster's, where the cluster's accounts replace this node's. The page keeps polling
     until then; the poll whose session is gone sends it to the login page."""
-    from pamportal.cluster.removed import removal_current
+    from pamportal.cluster.removed import removal_current_for  # read once per request, with the banner
 
-    return bool(join.state == JoinState.JOINED and join.cluster_replicated and removal_current() is None)
+    return bool(join.state == JoinState.JOINED and join.cluster_replicated and removal_current_for(request) is None)
 
 
-def _context(join):
+def _context(join, request):
     job = join_job(join)
     context = {"join": join, "JoinState": JoinState, "restartable": join.state in follower.RESTARTABLE_STATES,
                "key_fingerprint": csr_key_fingerprint(join.csr_pem) if join.csr_pem else "",
-               "moving": _moving(join)}
+               "moving": _moving(join, request)}
     if job is not None:
         context.update(job=job, progress=job_progress(job))
     return context
@@ -84,7 +84,7 @@ def join_status(request):
     if join is None:
         return redirect("setup:join")
     partial = htmx_partial(request)
-    context = _context(join)
+    context = _context(join, request)
     response = render(request, "setup/_join_status.html" if partial else "setup/join_status.html", context)
     if partial and join.state in (JoinState.JOINED, JoinState.FAILED) and not context["moving"]:
         return stop_polling(response)
